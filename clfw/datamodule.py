@@ -1,0 +1,187 @@
+"""``ContinualDataModule``: a whole task stream served to one ``trainer.fit``, tasks mapped to epochs."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from typing_extensions import override
+
+from clfw.data import SCENARIOS, BatchTransform, ScenarioName, Stream, TaskData
+from clfw.loaders import EvalLoader, TaskLoader, epoch_generator
+
+TrainingData = Literal["current", "seen", "all"]
+
+
+class ContinualDataModule(pl.LightningDataModule):
+    """Serves a task stream to a single ``trainer.fit``: task ``t`` occupies epochs ``[t*E, (t+1)*E)``.
+
+    Subclasses implement :meth:`build_stream` (and :attr:`num_classes`, known before any data is loaded, so the CLI
+    can size the model's head). At ``setup`` the module checks the Trainer against the stream: ``max_epochs`` is
+    set to ``n_tasks * epochs_per_task`` (an explicit different value is an error) and the training loader is rebuilt
+    every epoch, so it follows the task boundaries, also after a resume.
+
+    What the training loader serves depends on the strategy's ``training_data``: ``"current"`` (the current task),
+    ``"seen"`` (all tasks so far, for Cumulative) or ``"all"`` (every task, for Joint; each epoch serves the next
+    ``1/n_tasks`` of a shuffled pass over all data, so Joint makes ``epochs_per_task`` passes over the whole stream,
+    the same number of optimizer steps as a sequential strategy).
+
+    Args:
+        scenario: ``"class"``, ``"task"`` or ``"domain"`` incremental.
+        seed: Seed of the data order, class order and splits (independent of the model's seed).
+        batch_size: Training batch size per process.
+        eval_batch_size: Batch size of evaluation passes.
+        num_workers: Worker processes of the training loader (data is in memory; 0 is usually fastest).
+        epochs_per_task: Epochs spent on each task.
+        val_fraction: Fraction of each task's training data held out (stratified) as a validation split.
+        task_boundaries_visible: Whether strategies are told about task boundaries (task-free streams come later).
+    """
+
+    def __init__(
+        self,
+        scenario: ScenarioName = "class",
+        seed: int = 0,
+        batch_size: int = 32,
+        eval_batch_size: int = 1000,
+        num_workers: int = 0,
+        epochs_per_task: int = 1,
+        val_fraction: float = 0.0,
+        task_boundaries_visible: bool = True,
+    ) -> None:
+        super().__init__()
+        if scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if epochs_per_task <= 0:
+            raise ValueError(f"epochs_per_task must be positive, got {epochs_per_task}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.scenario: ScenarioName = scenario
+        self.seed = seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.epochs_per_task = epochs_per_task
+        self.val_fraction = val_fraction
+        self.task_boundaries_visible = task_boundaries_visible
+        self._stream: Stream | None = None
+
+    # ----------------------------------------------------------------------------------------------- to implement
+    @property
+    @abstractmethod
+    def num_classes(self) -> int:
+        """Total number of classes in the stream (the head size), known without loading data."""
+
+    @property
+    @abstractmethod
+    def n_tasks(self) -> int:
+        """Number of tasks, known without loading data."""
+
+    @abstractmethod
+    def build_stream(self) -> Stream:
+        """Loads the data and cuts it into tasks. Called once, lazily."""
+
+    def train_transform(self) -> BatchTransform | None:
+        """Batch transform for training inputs (augmentation goes here). Defaults to :meth:`eval_transform`."""
+        return self.eval_transform()
+
+    def eval_transform(self) -> BatchTransform | None:
+        """Batch transform for evaluation inputs."""
+        return None
+
+    # ------------------------------------------------------------------------------------------------- the stream
+    @property
+    def stream(self) -> Stream:
+        """The task stream, built on first use."""
+        if self._stream is None:
+            stream = self.build_stream()
+            if stream.n_tasks != self.n_tasks or stream.num_classes != self.num_classes:
+                raise ValueError(
+                    f"{type(self).__name__}.build_stream gave {stream.n_tasks} tasks / {stream.num_classes} classes, "
+                    f"but declares n_tasks={self.n_tasks}, num_classes={self.num_classes}"
+                )
+            self._stream = stream
+        return self._stream
+
+    @property
+    def total_epochs(self) -> int:
+        """The Trainer's ``max_epochs`` for this stream."""
+        return self.n_tasks * self.epochs_per_task
+
+    def task_of_epoch(self, epoch: int) -> int:
+        return min(epoch // self.epochs_per_task, self.n_tasks - 1)
+
+    def is_last_epoch_of_task(self, epoch: int) -> bool:
+        return (epoch + 1) % self.epochs_per_task == 0
+
+    def train_data(self, task: int, mode: TrainingData = "current") -> TaskData:
+        """Training samples of ``task`` alone, of tasks ``0..task``, or of every task."""
+        tasks = self.stream.tasks
+        chosen = {"current": tasks[task : task + 1], "seen": tasks[: task + 1], "all": tasks}[mode]
+        return chosen[0].train if len(chosen) == 1 else TaskData.cat([t.train for t in chosen])
+
+    def task_loader(self, task: int, split: Literal["train", "val", "test"] = "train") -> EvalLoader:
+        """Unshuffled loader over one task's split (not augmented), sharded across ranks.
+
+        This is how strategies reach a whole task's data at task end (Fisher, herding) without importing a benchmark.
+        """
+        data = getattr(self.stream.tasks[task], split)
+        if data is None:
+            raise ValueError(f"task {task} has no {split} split (set val_fraction > 0 for validation data)")
+        rank, world = self._rank_world()
+        return EvalLoader(data, self.eval_batch_size, self.eval_transform(), rank, world)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    # -------------------------------------------------------------------------------------------------- Lightning
+    @override
+    def setup(self, stage: str) -> None:
+        self.stream  # noqa: B018  (build now, so bad input fails before training)
+        trainer = self.trainer
+        if stage != "fit" or trainer is None:
+            return
+        if trainer.max_steps != -1:
+            raise ValueError(f"max_steps={trainer.max_steps} is not supported: the stream fixes the length of training")
+        # Lightning turns an unset max_epochs into 1000 before setup; any other value that differs was set by hand.
+        if trainer.fit_loop.max_epochs not in (self.total_epochs, 1000):
+            raise ValueError(
+                f"Trainer max_epochs={trainer.fit_loop.max_epochs}, but this stream takes n_tasks * epochs_per_task = "
+                f"{self.n_tasks} * {self.epochs_per_task} = {self.total_epochs} epochs; leave max_epochs unset"
+            )
+        trainer.fit_loop.max_epochs = self.total_epochs
+        trainer.reload_dataloaders_every_n_epochs = 1
+
+    @override
+    def train_dataloader(self) -> TaskLoader:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        task = self.task_of_epoch(epoch)
+        mode: TrainingData = getattr(self.trainer.lightning_module, "training_data", "current") if self.trainer else "current"
+        data = self.train_data(task, mode)
+        order = torch.randperm(len(data), generator=epoch_generator(self.seed, epoch))
+        if mode == "all":  # epoch e serves chunk e % T of pass e // T: each sample once per T epochs
+            perm = torch.randperm(len(data), generator=epoch_generator(self.seed, epoch // self.n_tasks, salt=1))
+            order = perm.tensor_split(self.n_tasks)[epoch % self.n_tasks]
+        rank, world = self._rank_world()
+        return TaskLoader(
+            data, order, self.batch_size, self.train_transform(), epoch, rank, world, num_workers=self.num_workers
+        )
+
+    @override
+    def val_dataloader(self) -> list[EvalLoader]:
+        """Validation splits of the tasks trained so far, one loader each (empty without ``val_fraction``)."""
+        if self.val_fraction == 0 or self.trainer is None:
+            return []
+        task = self.task_of_epoch(self.trainer.current_epoch)
+        return [self.task_loader(t, "val") for t in range(task + 1)]
+
+    @override
+    def test_dataloader(self) -> list[EvalLoader]:
+        return [self.task_loader(t, "test") for t in range(self.n_tasks)]

@@ -1,0 +1,228 @@
+"""Task-end evaluation: the accuracy matrix, measured through the module's own prediction method.
+
+``evaluate`` is the one evaluation routine: it runs ``module.predict`` over tasks' splits in eval mode without
+gradients, each rank on its exact shard, and sums correct/total counts across ranks in a ``torchmetrics.Metric``, so
+under DDP the result equals the single-process value. ``AccuracyMatrix`` calls it before training and at each task end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from typing_extensions import override
+
+from clfw.callbacks import ContinualCallback
+from clfw.data import Batch
+from clfw.metrics import summarize
+
+if TYPE_CHECKING:
+    from clfw.datamodule import ContinualDataModule
+    from clfw.module import ContinualModule
+
+
+class TaskAccuracy(Metric):
+    """Correct and total counts per task and per class, summed across processes.
+
+    Args:
+        n_tasks: Number of tasks.
+        num_classes: Number of classes.
+    """
+
+    full_state_update = False
+
+    def __init__(self, n_tasks: int, num_classes: int) -> None:
+        super().__init__()
+        for name, size in (("task_correct", n_tasks), ("task_total", n_tasks)):
+            self.add_state(name, torch.zeros(size, dtype=torch.long), dist_reduce_fx="sum")
+        for name in ("class_correct", "class_total"):
+            self.add_state(name, torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor, task: Tensor) -> None:
+        hit = (preds == target).long()
+        self.task_correct.scatter_add_(0, task, hit)
+        self.task_total.scatter_add_(0, task, torch.ones_like(hit))
+        self.class_correct.scatter_add_(0, target, hit)
+        self.class_total.scatter_add_(0, target, torch.ones_like(hit))
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """Accuracy per task and per class (``nan`` where there were no samples)."""
+        return (
+            self.task_correct.double() / self.task_total.double(),
+            self.class_correct.double() / self.class_total.double(),
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    module: ContinualModule, datamodule: ContinualDataModule, tasks: Sequence[int], split: str = "test"
+) -> tuple[list[float], list[float]]:
+    """Accuracy of ``module.predict`` on each task in ``tasks`` (and per class), in eval mode, without gradients.
+
+    Returns per-task accuracies for ``tasks`` in order, and per-class accuracies over all classes (``nan`` for classes
+    not evaluated). Train mode is restored afterwards.
+    """
+    stream = datamodule.stream
+    metric = TaskAccuracy(stream.n_tasks, stream.num_classes).to(module.device)
+    was_training = module.training
+    module.eval()
+    try:
+        for t in tasks:
+            for batch in datamodule.task_loader(t, split):  # type: ignore[arg-type]
+                batch = Batch(*(v.to(module.device, non_blocking=True) for v in batch))
+                metric.update(module.predict(batch.x, batch.task).argmax(1), batch.y, batch.task)
+        task_acc, class_acc = metric.compute()
+    finally:
+        module.train(was_training)
+    return [float(task_acc[t]) for t in tasks], class_acc.tolist()
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def run_dir(trainer: pl.Trainer) -> str:
+    """The run directory: the Trainer's log directory (its first logger's), else ``default_root_dir``."""
+    return trainer.log_dir or trainer.default_root_dir
+
+
+def format_matrix(R: Sequence[Sequence[float]], initial: Sequence[float] | None = None) -> str:
+    """The accuracy matrix as a text table, in percent.
+
+    >>> print(format_matrix([[0.9, 0.1], [0.5, 0.8]]))
+    after task |  task 0  task 1
+    ---------- | ---------------
+             0 |    90.0    10.0
+             1 |    50.0    80.0
+    """
+    T = len(R[0]) if R else len(initial or [])
+    head = "after task | " + " ".join(f"task {j:>2}" if j > 9 else f"task {j}".rjust(7) for j in range(T))
+    lines = [head, "-" * 10 + " | " + "-" * (len(head) - 13)]
+    rows = ([("init", initial)] if initial is not None else []) + [(str(i), r) for i, r in enumerate(R)]
+    for name, row in rows:
+        lines.append(f"{name:>10} | " + " ".join(f"{100 * a:7.1f}" for a in row))
+    return "\n".join(lines)
+
+
+class AccuracyMatrix(ContinualCallback):
+    """Measures ``R[i][j]``, the accuracy on task ``j`` after task ``i``, and writes ``metrics.json``.
+
+    Before training it measures the initial accuracies ``b[j]``; after each task's end hooks, one row over all tasks
+    (future tasks too, which forward transfer needs). With a validation split it measures the same matrix on it and
+    logs ``val/acc`` for sweeps. Rows are logged to every logger (``cl/acc``, ``cl/task_<j>/acc``), ``metrics.json`` is
+    rewritten in the run directory after each task (a crash loses nothing measured), and a table is printed at the
+    end. Its state rides in checkpoints.
+
+    ``cl/acc`` after task ``i`` is the mean of ``R[i][j]`` over the tasks seen so far, ``j <= i``.
+
+    Args:
+        filename: Name of the metrics file in the run directory.
+        tasks: Evaluate ``"all"`` tasks at each task end, or only the ``"seen"`` ones (rows then hold ``nan`` ahead).
+    """
+
+    def __init__(self, filename: str = "metrics.json", tasks: Literal["all", "seen"] = "all") -> None:
+        if tasks not in ("all", "seen"):
+            raise ValueError(f"tasks must be 'all' or 'seen', got {tasks!r}")
+        self.filename, self.tasks = filename, tasks
+        self.initial: list[float] | None = None
+        self.rows: list[list[float]] = []
+        self.val_rows: list[list[float]] = []
+        self.class_rows: list[list[float]] = []
+
+    def _row(self, trainer: pl.Trainer, module: ContinualModule, task: int, split: str) -> tuple[list[float], list[float]]:
+        dm: ContinualDataModule = trainer.datamodule  # type: ignore[assignment]
+        n = dm.stream.n_tasks
+        chosen = list(range(n)) if self.tasks == "all" else list(range(task + 1))
+        acc, per_class = evaluate(module, dm, chosen, split)
+        return acc + [math.nan] * (n - len(acc)), per_class
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.initial is None:
+            self.initial, _ = self._row(trainer, pl_module, pl_module.stream.n_tasks - 1, "test")  # type: ignore[arg-type]
+
+    @override
+    def on_task_end(self, trainer: pl.Trainer, module: ContinualModule, task: int) -> None:
+        row, per_class = self._row(trainer, module, task, "test")
+        del self.rows[task:], self.class_rows[task:], self.val_rows[task:]
+        self.rows.append(row)
+        self.class_rows.append(per_class)
+        metrics = {"cl/acc": sum(row[: task + 1]) / (task + 1), "cl/task": float(task)}
+        metrics.update({f"cl/task_{j}/acc": a for j, a in enumerate(row[: task + 1])})
+        if trainer.datamodule.stream.tasks[0].val is not None:  # type: ignore[union-attr]
+            val_row, _ = self._row(trainer, module, task, "val")
+            self.val_rows.append(val_row)
+            metrics["val/acc"] = sum(val_row[: task + 1]) / (task + 1)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        self.write(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.write(trainer)
+        if trainer.is_global_zero and self.rows:
+            print("\nAccuracy matrix R[i][j] (%), rows: after task i; 'init': before training")
+            print(format_matrix(self.rows, self.initial))
+            print("Summary:", json.dumps(self.summary(trainer)))
+
+    def summary(self, trainer: pl.Trainer) -> dict[str, float | None]:
+        """ACC, forgetting, BWT and FWT of the rows measured so far."""
+        k = len(self.rows)
+        if k == 0:
+            return {}
+        R = [row[:k] for row in self.rows]
+        return summarize(R, self.initial, trainer.datamodule.stream.scenario)  # type: ignore[union-attr]
+
+    def as_dict(self, trainer: pl.Trainer) -> dict[str, Any]:
+        stream = trainer.datamodule.stream  # type: ignore[union-attr]
+        return _json_safe(
+            {
+                "scenario": stream.scenario,
+                "n_tasks": stream.n_tasks,
+                "num_classes": stream.num_classes,
+                "task_classes": [list(t.classes) for t in stream.tasks],
+                "tasks_completed": len(self.rows),
+                "initial_accuracy": self.initial,
+                "accuracy_matrix": self.rows,
+                "val_accuracy_matrix": self.val_rows or None,
+                "per_class_accuracy": self.class_rows,
+                "summary": self.summary(trainer),
+            }
+        )
+
+    def write(self, trainer: pl.Trainer) -> str | None:
+        """Writes ``metrics.json`` into the run directory (global rank 0 only); returns its path."""
+        if not trainer.is_global_zero:
+            return None
+        path = os.path.join(run_dir(trainer), self.filename)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.as_dict(trainer), f, indent=1)
+        os.replace(tmp, path)
+        return path
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"initial": self.initial, "rows": self.rows, "val_rows": self.val_rows, "class_rows": self.class_rows}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.initial = state_dict["initial"]
+        self.rows = state_dict["rows"]
+        self.val_rows = state_dict["val_rows"]
+        self.class_rows = state_dict["class_rows"]

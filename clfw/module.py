@@ -1,0 +1,296 @@
+"""``ContinualModule``: the base class of every strategy."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812
+from typing_extensions import override
+
+from clfw.backbones import MLP
+from clfw.callbacks import ContinualCallback
+from clfw.data import SCENARIOS, Batch, Stream
+from clfw.datamodule import ContinualDataModule, TrainingData
+from clfw.plugins import Plugin
+from clfw.seeding import capture_rng_states, restore_rng_states
+
+
+class ContinualModule(pl.LightningModule):
+    """Base class of strategies: a backbone, one head over all of the stream's classes, and the task lifecycle.
+
+    The base class owns ``training_step``, the optimizer, logging and the checkpointed state, so precision, DDP and
+    gradient accumulation work for every strategy. A strategy overrides a few hooks:
+
+    - :meth:`training_loss`: the loss of a training batch (default: cross-entropy on the masked logits);
+    - :meth:`on_task_start` / :meth:`on_task_end`: task boundaries; ``on_task_end`` runs before the task-end
+      evaluation, with the task's data reachable through ``self.datamodule.task_loader(task)``;
+    - :meth:`before_optimizer_step`: the final gradients before the optimizer step (A-GEM);
+    - :meth:`predict`: class scores, which every evaluator calls (override to classify differently, e.g. NME).
+
+    Class attributes a strategy may set: ``supported_scenarios`` (others are refused before training) and
+    ``training_data`` (``"current"``, ``"seen"`` or ``"all"``: what the datamodule serves).
+
+    Behaviours that compose with any strategy are :class:`~clfw.Plugin` objects in ``plugins``: each hook runs on the
+    strategy first, then on each plugin.
+
+    Args:
+        backbone: Feature extractor mapping inputs to ``[B, num_features]`` (timm interface, e.g. a
+            ``clfw.backbones`` model or a timm model made with ``num_classes=0``). ``None`` builds a 2x400
+            :class:`~clfw.backbones.MLP` sized for the stream's inputs at setup.
+        num_classes: Head size; the CLI links it from the datamodule. ``None`` takes it from the stream at setup.
+        optimizer: Callable that makes the optimizer from the trainable parameters.
+        lr_scheduler: Optional callable that makes a learning-rate scheduler (stepped each epoch) from the optimizer.
+        reset_optimizer_per_task: Re-create the optimizer and scheduler at the start of every task after the first.
+        plugins: Behaviours added to the strategy, called after its own hooks, in order.
+    """
+
+    supported_scenarios: ClassVar[tuple[str, ...]] = SCENARIOS
+    training_data: ClassVar[TrainingData] = "current"
+
+    def __init__(
+        self,
+        backbone: nn.Module | None = None,
+        num_classes: int | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        reset_optimizer_per_task: bool = False,
+        plugins: list[Plugin] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes is not None and num_classes <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        for p in plugins or []:
+            if not isinstance(p, Plugin):
+                raise ValueError(f"plugins must be clfw.Plugin instances, got {type(p).__name__}")
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.head: nn.Linear | None = None
+        if backbone is not None and num_classes is not None:
+            self.head = nn.Linear(self._num_features(backbone), num_classes)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.reset_optimizer_per_task = reset_optimizer_per_task
+        self.plugins = nn.ModuleList(plugins or [])
+        self.current_task = -1  # -1: before training
+        self.task_ended = True
+        self._stream: Stream | None = None
+        self._pending_rng: dict[str, Any] | None = None
+
+    # --------------------------------------------------------------------------------------------- the model
+    @staticmethod
+    def _num_features(backbone: nn.Module) -> int:
+        n = getattr(backbone, "num_features", None)
+        if not isinstance(n, int) or n <= 0:
+            raise ValueError(
+                f"backbone {type(backbone).__name__} needs an int attribute num_features (its feature size), "
+                "as clfw.backbones and timm models have"
+            )
+        return n
+
+    def features(self, x: Tensor) -> Tensor:
+        """Backbone features ``[B, num_features]``."""
+        return self.backbone(x)
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        """Raw logits over all classes, ``[B, num_classes]``."""
+        return self.head(self.features(x))
+
+    @property
+    def stream(self) -> Stream:
+        """The task stream being learned (available from setup on)."""
+        if self._stream is None:
+            raise RuntimeError("the stream is known only after setup: fit this module with a ContinualDataModule")
+        return self._stream
+
+    @property
+    def datamodule(self) -> ContinualDataModule:
+        """The Trainer's datamodule, for strategies that need more than the current batch."""
+        return self.trainer.datamodule  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------------------------ masking
+    def class_mask(self, task_ids: Tensor) -> Tensor | None:
+        """Boolean ``[B, num_classes]`` of the classes each sample may be assigned to, or ``None`` for all.
+
+        class-IL: the classes of the tasks trained so far (all classes before training, and for ``"all"`` data);
+        task-IL: the sample's own task's classes; domain-IL: all classes.
+        """
+        scenario = self.stream.scenario
+        if scenario == "domain":
+            return None
+        if scenario == "task":
+            return self.task_masks[task_ids]
+        return self.seen_mask.expand(len(task_ids), -1)
+
+    def masked(self, logits: Tensor, task_ids: Tensor) -> Tensor:
+        """``logits`` with the classes outside :meth:`class_mask` set to ``-inf``."""
+        mask = self.class_mask(task_ids)
+        return logits if mask is None else logits.masked_fill(~mask, float("-inf"))
+
+    def predict(self, x: Tensor, task_ids: Tensor) -> Tensor:
+        """Class scores ``[B, num_classes]`` whose argmax is the prediction; every evaluator calls this."""
+        return self.masked(self(x), task_ids)
+
+    def _update_seen_mask(self) -> None:
+        stream, t = self.stream, self.current_task
+        if t < 0 or self.training_data == "all":
+            mask = torch.ones(stream.num_classes, dtype=torch.bool)
+        else:
+            mask = stream.seen_class_mask(range(t + 1))
+        self.seen_mask.copy_(mask.to(self.seen_mask.device))
+
+    # -------------------------------------------------------------------------------------- strategy hooks
+    def training_loss(self, batch: Batch) -> Tensor | dict[str, Tensor]:
+        """The loss of a training batch: a tensor, or a dict with ``"loss"`` and optionally the raw ``"logits"``."""
+        logits = self(batch.x)
+        return {"loss": F.cross_entropy(self.masked(logits, batch.task), batch.y), "logits": logits}
+
+    def on_task_start(self, task: int) -> None:
+        """Called when training on ``task`` begins."""
+
+    def on_task_end(self, task: int) -> None:
+        """Called after the last training epoch of ``task``, before the task-end evaluation."""
+
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called with the final gradients in ``.grad``, before clipping and the optimizer step."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters handed to the optimizer (default: all that require gradients)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -------------------------------------------------------------------------------------------- Lightning
+    @override
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if not isinstance(dm, ContinualDataModule):
+            raise ValueError(f"{type(self).__name__} needs a clfw.ContinualDataModule, got {type(dm).__name__}")
+        stream = dm.stream
+        if stream.scenario not in self.supported_scenarios:
+            raise ValueError(
+                f"{type(self).__name__} does not support the {stream.scenario!r} scenario "
+                f"(supported: {list(self.supported_scenarios)})"
+            )
+        if self.num_classes is not None and self.num_classes != stream.num_classes:
+            raise ValueError(f"num_classes={self.num_classes}, but the stream has {stream.num_classes} classes")
+        if self._stream is not None:
+            return
+        self._stream = stream
+        first = stream.tasks[0].test.batch(torch.arange(1), dm.eval_transform())
+        if self.backbone is None:
+            self.backbone = MLP(in_features=first.x[0].numel())
+        if self.head is None:
+            self.num_classes = stream.num_classes
+            self.head = nn.Linear(self._num_features(self.backbone), stream.num_classes)
+        self.register_buffer("task_masks", stream.task_class_masks().clone(), persistent=False)
+        self.register_buffer("seen_mask", torch.ones(stream.num_classes, dtype=torch.bool), persistent=False)
+        was_training = self.training
+        try:
+            with torch.no_grad():
+                out = self.eval()(first.x.to(self.device))
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(
+                f"the model cannot process this stream's inputs of shape {tuple(first.x.shape[1:])}: {err}"
+            ) from err
+        finally:
+            self.train(was_training)
+        if out.shape != (1, stream.num_classes):
+            raise ValueError(f"the model gives outputs of shape {tuple(out.shape)}, expected (1, {stream.num_classes})")
+        if self.current_task >= 0:
+            self._update_seen_mask()
+        for p in self.plugins:
+            p.on_setup(self)
+
+    @override
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer)}}
+
+    @override
+    def on_train_start(self) -> None:
+        if self._pending_rng is not None:  # resumed: continue every random stream where the checkpoint left it
+            restore_rng_states(self._pending_rng)
+            self._pending_rng = None
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        task = self.datamodule.task_of_epoch(self.current_epoch)
+        if task != self.current_task:
+            self._start_task(task)
+
+    @override
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        batch = Batch(*batch)
+        for p in self.plugins:
+            p.before_training_step(self, batch)
+        outputs = self.training_loss(batch)
+        if isinstance(outputs, Tensor):
+            outputs = {"loss": outputs}
+        loss = outputs["loss"]
+        n = len(batch.y)
+        for p in self.plugins:
+            for name, term in p.loss_terms(self, batch, outputs).items():
+                self.log(f"train/{name}", term, batch_size=n)
+                loss = loss + term
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        return loss
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.before_optimizer_step(optimizer)
+        for p in self.plugins:
+            p.before_optimizer_step(self, optimizer)
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        if not self.task_ended and self.datamodule.is_last_epoch_of_task(self.current_epoch):
+            self._end_task(self.current_task)
+
+    @override
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        batch = Batch(*batch)
+        acc = (self.predict(batch.x, batch.task).argmax(1) == batch.y).float().mean()
+        self.log(f"test/task_{dataloader_idx}/acc", acc, batch_size=len(batch.y), add_dataloader_idx=False)
+
+    def _callbacks(self) -> list[ContinualCallback]:
+        return [cb for cb in self.trainer.callbacks if isinstance(cb, ContinualCallback)]  # type: ignore[attr-defined]
+
+    def _start_task(self, task: int) -> None:
+        self.current_task, self.task_ended = task, False
+        self._update_seen_mask()
+        if self.reset_optimizer_per_task and task > 0:
+            self.trainer.strategy.setup_optimizers(self.trainer)
+        if self.stream.boundaries_visible:
+            self.on_task_start(task)
+            for p in self.plugins:
+                p.on_task_start(self, task)
+        for cb in self._callbacks():
+            cb.on_task_start(self.trainer, self, task)
+
+    def _end_task(self, task: int) -> None:
+        if self.stream.boundaries_visible:
+            self.on_task_end(task)
+            for p in self.plugins:
+                p.on_task_end(self, task)
+        self.task_ended = True
+        for cb in self._callbacks():
+            cb.on_task_end(self.trainer, self, task)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["clfw"] = {"task": self.current_task, "task_ended": self.task_ended, "rng": capture_rng_states()}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("clfw")
+        if state is None:
+            raise ValueError("this checkpoint has no clfw state: it was not written by a clfw ContinualModule")
+        self.current_task, self.task_ended = state["task"], state["task_ended"]
+        self._pending_rng = state["rng"]
+        if self._stream is not None:
+            self._update_seen_mask()

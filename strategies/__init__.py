@@ -1,0 +1,7 @@
+"""Continual-learning strategies: one ``ContinualModule`` subclass per module."""
+
+from strategies.cumulative import Cumulative
+from strategies.joint import Joint
+from strategies.naive import Naive
+
+__all__ = ["Cumulative", "Joint", "Naive"]
