@@ -35,7 +35,9 @@ class ContinualDataModule(pl.LightningDataModule):
         eval_batch_size: Batch size of evaluation passes.
         num_workers: Worker processes of the training loader (data is in memory; 0 is usually fastest).
         epochs_per_task: Epochs spent on each task.
-        val_fraction: Fraction of each task's training data held out (stratified) as a validation split.
+        val_fraction: Fraction of each task's training data held out (stratified) as a validation split. It is
+            evaluated after each task's end hooks by :class:`~clfw.AccuracyMatrix` (logged as ``val/acc``), not by
+            Lightning's validation loop, which would run before them.
         task_boundaries_visible: Whether strategies are told about task boundaries (task-free streams come later).
     """
 
@@ -173,14 +175,6 @@ class ContinualDataModule(pl.LightningDataModule):
         return TaskLoader(
             data, order, self.batch_size, self.train_transform(), epoch, rank, world, num_workers=self.num_workers
         )
-
-    @override
-    def val_dataloader(self) -> list[EvalLoader]:
-        """Validation splits of the tasks trained so far, one loader each (empty without ``val_fraction``)."""
-        if self.val_fraction == 0 or self.trainer is None:
-            return []
-        task = self.task_of_epoch(self.trainer.current_epoch)
-        return [self.task_loader(t, "val") for t in range(task + 1)]
 
     @override
     def test_dataloader(self) -> list[EvalLoader]:

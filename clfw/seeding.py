@@ -13,7 +13,7 @@ def capture_rng_states() -> dict[str, Any]:
     """The current state of every global generator."""
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state(),
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -21,10 +21,17 @@ def capture_rng_states() -> dict[str, Any]:
     return states
 
 
+def _numpy_state() -> tuple[str, torch.Tensor, int, int, float]:
+    # as a tensor and plain numbers, so checkpoints load with torch.load(weights_only=True)
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)
+
+
 def restore_rng_states(states: dict[str, Any]) -> None:
     """Restores what :func:`capture_rng_states` returned."""
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

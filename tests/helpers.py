@@ -1,0 +1,188 @@
+"""Test helpers: a tiny synthetic stream, and a strategy and plugin defined outside clfw (as a researcher would)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from clfw import AccuracyMatrix, Batch, ContinualCallback, ContinualDataModule, ContinualModule, Normalize, Plugin, Stream
+from clfw.data import ScenarioName, class_incremental_tasks, classes_per_task_split, domain_incremental_tasks
+
+
+class TinyStream(ContinualDataModule):
+    """Synthetic stream: ``num_classes`` Gaussian blobs as ``uint8 [1, 4, 4]`` images, split into tasks.
+
+    Args:
+        n_tasks: Number of tasks.
+        num_classes_total: Number of classes.
+        train_per_class: Training samples per class.
+        test_per_class: Test samples per class.
+        scenario: class, task or domain (domain: every task holds all classes, shifted inputs per task).
+        **kwargs: Stream arguments of ContinualDataModule.
+    """
+
+    def __init__(
+        self,
+        n_tasks: int = 2,
+        num_classes_total: int = 4,
+        train_per_class: int = 24,
+        test_per_class: int = 10,
+        scenario: ScenarioName = "class",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scenario=scenario, **kwargs)
+        self._n_tasks, self._num_classes = n_tasks, num_classes_total
+        self.train_per_class, self.test_per_class = train_per_class, test_per_class
+        if scenario != "domain":
+            self.sizes = classes_per_task_split(num_classes_total, n_tasks, None)
+
+    @property
+    @override
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    @override
+    def n_tasks(self) -> int:
+        return self._n_tasks
+
+    @override
+    def eval_transform(self) -> Normalize:
+        return Normalize((0.5,), (0.25,))
+
+    def _blobs(self, per_class: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        centers = torch.rand(self._num_classes, 1, 4, 4, generator=torch.Generator().manual_seed(123)) * 200 + 20
+        y = torch.arange(self._num_classes).repeat_interleave(per_class)
+        x = centers[y] + torch.randn(len(y), 1, 4, 4, generator=g) * 25
+        return x.clamp(0, 255).to(torch.uint8), y
+
+    @override
+    def build_stream(self) -> Stream:
+        g = torch.Generator().manual_seed(self.seed)
+        train, test = self._blobs(self.train_per_class, g), self._blobs(self.test_per_class, g)
+        if self.scenario == "domain":
+            warps = [lambda x, t=t: (x.int() + 30 * t).clamp(0, 255).to(torch.uint8) for t in range(self._n_tasks)]
+            tasks = domain_incremental_tasks(train, test, warps, self._num_classes, self.val_fraction, self.seed)
+        else:
+            order = list(range(self._num_classes))
+            tasks = class_incremental_tasks(train, test, order, self.sizes, self.val_fraction, self.seed)
+        return Stream(tasks, self.scenario, self._num_classes, (1, 4, 4), self.task_boundaries_visible)
+
+
+class ScaledLoss(ContinualModule):
+    """A strategy written outside clfw: cross-entropy times a factor, counting its task-end calls.
+
+    Args:
+        factor: Multiplies the loss.
+        **kwargs: ContinualModule arguments.
+    """
+
+    def __init__(self, factor: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.factor = factor
+        self.task_end_calls: list[int] = []
+
+    @override
+    def training_loss(self, batch: Batch) -> dict[str, Tensor]:
+        out = super().training_loss(batch)
+        return {"loss": self.factor * out["loss"], "logits": out["logits"]}
+
+    @override
+    def on_task_end(self, task: int) -> None:
+        self.task_end_calls.append(task)
+
+
+class L2Plugin(Plugin):
+    """A plugin written outside clfw: adds ``weight * ||logits||^2`` and records the hooks it heard.
+
+    Args:
+        weight: Weight of the penalty.
+    """
+
+    def __init__(self, weight: float = 0.01) -> None:
+        super().__init__()
+        self.weight = weight
+        self.events: list[tuple[str, int]] = []
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    @override
+    def on_task_start(self, module: ContinualModule, task: int) -> None:
+        self.events.append(("start", task))
+
+    @override
+    def on_task_end(self, module: ContinualModule, task: int) -> None:
+        self.events.append(("end", task))
+
+    @override
+    def loss_terms(self, module: ContinualModule, batch: Batch, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        self.steps += 1
+        return {"l2_logits": self.weight * outputs["logits"].pow(2).mean()}
+
+
+class RecordEvents(ContinualCallback):
+    """Records ``(event, task, epoch, rows measured so far)`` for lifecycle tests."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, int]] = []
+
+    @override
+    def on_task_start(self, trainer: pl.Trainer, module: ContinualModule, task: int) -> None:
+        self.events.append(("start", task, trainer.current_epoch))
+
+    @override
+    def on_task_end(self, trainer: pl.Trainer, module: ContinualModule, task: int) -> None:
+        self.events.append(("end", task, trainer.current_epoch))
+
+
+class KillAtStep(pl.Callback):
+    """Kills its own process with SIGKILL once ``global_step`` reaches ``step`` (after any checkpoint of that step).
+
+    Args:
+        step: Optimizer step at which to die.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SaveFinalState(pl.Callback):
+    """Saves the final ``state_dict`` and accuracy matrix to ``path`` at the end of training.
+
+    Args:
+        path: Output file (``torch.save``).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        matrix = next(cb for cb in trainer.callbacks if isinstance(cb, AccuracyMatrix))  # type: ignore[attr-defined]
+        state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        torch.save({"state_dict": state, "rows": matrix.rows, "initial": matrix.initial, "step": trainer.global_step},
+                   self.path)
+
+
+def fit(module: ContinualModule, dm: ContinualDataModule, callbacks: list[pl.Callback] | None = None,
+        **trainer_kwargs: Any) -> tuple[pl.Trainer, AccuracyMatrix]:
+    """Fits ``module`` on ``dm`` quietly on CPU with an AccuracyMatrix; returns the trainer and the matrix callback."""
+    matrix = AccuracyMatrix()
+    kwargs: dict[str, Any] = dict(
+        max_epochs=dm.total_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=trainer_kwargs.pop("root", None),
+    )
+    kwargs.update(trainer_kwargs)
+    trainer = pl.Trainer(callbacks=[matrix, *(callbacks or [])], **kwargs)
+    trainer.fit(module, dm)
+    return trainer, matrix
