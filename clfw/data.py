@@ -184,10 +184,10 @@ def classes_per_task_split(num_classes: int, n_tasks: int | None, classes_per_ta
     [2, 2, 2, 2, 2]
     >>> classes_per_task_split(10, None, [5, 1, 1, 1, 1, 1])
     [5, 1, 1, 1, 1, 1]
-    >>> classes_per_task_split(10, 3, None)
+    >>> classes_per_task_split(10, 3, None)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: n_tasks=3 does not divide the 10 classes evenly; pass classes_per_task (e.g. [4, 3, 3]) for an uneven split
+    ValueError: n_tasks=3 does not divide the 10 classes evenly; pass classes_per_task (e.g. [4, 3, 3]) ...
     """
     if classes_per_task is not None:
         sizes = [int(s) for s in classes_per_task]

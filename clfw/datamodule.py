@@ -165,7 +165,9 @@ class ContinualDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> TaskLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         task = self.task_of_epoch(epoch)
-        mode: TrainingData = getattr(self.trainer.lightning_module, "training_data", "current") if self.trainer else "current"
+        mode: TrainingData = (
+            getattr(self.trainer.lightning_module, "training_data", "current") if self.trainer else "current"
+        )
         data = self.train_data(task, mode)
         order = torch.randperm(len(data), generator=epoch_generator(self.seed, epoch))
         if mode == "all":  # epoch e serves chunk e % T of pass e // T: each sample once per T epochs

@@ -142,7 +142,9 @@ class AccuracyMatrix(ContinualCallback):
         self.val_rows: list[list[float]] = []
         self.class_rows: list[list[float]] = []
 
-    def _row(self, trainer: pl.Trainer, module: ContinualModule, task: int, split: str) -> tuple[list[float], list[float]]:
+    def _row(
+        self, trainer: pl.Trainer, module: ContinualModule, task: int, split: str
+    ) -> tuple[list[float], list[float]]:
         dm: ContinualDataModule = trainer.datamodule  # type: ignore[assignment]
         n = dm.stream.n_tasks
         chosen = list(range(n)) if self.tasks == "all" else list(range(task + 1))

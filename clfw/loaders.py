@@ -112,7 +112,9 @@ class TaskLoader:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state.get("epoch") != self.epoch:
-            raise ValueError(f"loader state is for epoch {state.get('epoch')}, but this loader serves epoch {self.epoch}")
+            raise ValueError(
+                f"loader state is for epoch {state.get('epoch')}, but this loader serves epoch {self.epoch}"
+            )
         self._resume_from = int(state["served"]) % max(len(self.batches), 1)
 
 
@@ -123,7 +125,12 @@ class EvalLoader:
     """
 
     def __init__(
-        self, data: TaskData, batch_size: int, transform: BatchTransform | None = None, rank: int = 0, world_size: int = 1
+        self,
+        data: TaskData,
+        batch_size: int,
+        transform: BatchTransform | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.data, self.transform, self.batch_size = data, transform, batch_size
         self.positions = shard(torch.arange(len(data)), rank, world_size, pad=False)

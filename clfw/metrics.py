@@ -16,7 +16,9 @@ Matrix = Sequence[Sequence[float]]
 def _square(R: Matrix) -> int:
     T = len(R)
     if T == 0 or any(len(row) < T for row in R):
-        raise ValueError(f"the accuracy matrix must have T rows of at least T entries, got row lengths {[len(r) for r in R]}")
+        raise ValueError(
+            f"the accuracy matrix must have T rows of at least T entries, got row lengths {[len(r) for r in R]}"
+        )
     return T
 
 

@@ -191,7 +191,7 @@ class ContinualModule(pl.LightningModule):
         try:
             with torch.no_grad():
                 out = self.eval()(first.x.to(self.device))
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise ValueError(
                 f"the model cannot process this stream's inputs of shape {tuple(first.x.shape[1:])}: {err}"
             ) from err

@@ -11,7 +11,16 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from clfw import AccuracyMatrix, Batch, ContinualCallback, ContinualDataModule, ContinualModule, Normalize, Plugin, Stream
+from clfw import (
+    AccuracyMatrix,
+    Batch,
+    ContinualCallback,
+    ContinualDataModule,
+    ContinualModule,
+    Normalize,
+    Plugin,
+    Stream,
+)
 from clfw.data import ScenarioName, class_incremental_tasks, classes_per_task_split, domain_incremental_tasks
 
 
@@ -170,17 +179,26 @@ class SaveFinalState(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         matrix = next(cb for cb in trainer.callbacks if isinstance(cb, AccuracyMatrix))  # type: ignore[attr-defined]
         state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-        torch.save({"state_dict": state, "rows": matrix.rows, "initial": matrix.initial, "step": trainer.global_step},
-                   self.path)
+        torch.save(
+            {"state_dict": state, "rows": matrix.rows, "initial": matrix.initial, "step": trainer.global_step},
+            self.path,
+        )
 
 
-def fit(module: ContinualModule, dm: ContinualDataModule, callbacks: list[pl.Callback] | None = None,
-        **trainer_kwargs: Any) -> tuple[pl.Trainer, AccuracyMatrix]:
+def fit(
+    module: ContinualModule, dm: ContinualDataModule, callbacks: list[pl.Callback] | None = None, **trainer_kwargs: Any
+) -> tuple[pl.Trainer, AccuracyMatrix]:
     """Fits ``module`` on ``dm`` quietly on CPU with an AccuracyMatrix; returns the trainer and the matrix callback."""
     matrix = AccuracyMatrix()
     kwargs: dict[str, Any] = dict(
-        max_epochs=dm.total_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=trainer_kwargs.pop("root", None),
+        max_epochs=dm.total_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=trainer_kwargs.pop("root", None),
     )
     kwargs.update(trainer_kwargs)
     trainer = pl.Trainer(callbacks=[matrix, *(callbacks or [])], **kwargs)

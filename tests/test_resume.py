@@ -63,7 +63,10 @@ def test_sigkill_mid_task_then_resume_is_bit_identical(tmp_path: Path) -> None:
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     killed = run_cli(
-        tmp_path, "--trainer.default_root_dir=run", *ckpt, "--trainer.callbacks+=tests.helpers.KillAtStep",
+        tmp_path,
+        "--trainer.default_root_dir=run",
+        *ckpt,
+        "--trainer.callbacks+=tests.helpers.KillAtStep",
         "--trainer.callbacks.step=22",
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
@@ -72,7 +75,9 @@ def test_sigkill_mid_task_then_resume_is_bit_identical(tmp_path: Path) -> None:
     assert last["clfw"]["task"] == 1 and not last["clfw"]["task_ended"]
 
     resumed = run_cli(
-        tmp_path, "--trainer.default_root_dir=run", f"--ckpt_path={tmp_path / 'ckpt' / 'last.ckpt'}",
+        tmp_path,
+        "--trainer.default_root_dir=run",
+        f"--ckpt_path={tmp_path / 'ckpt' / 'last.ckpt'}",
         *final_state_args(tmp_path / "resumed.pt"),
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]

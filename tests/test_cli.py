@@ -1,0 +1,119 @@
+"""The ``clfw`` CLI end to end: composed configs, short names, plug-ins by class path, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clfw.cli import ContinualCLI, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TRAINER = """
+seed_everything: 1
+trainer:
+  accelerator: cpu
+  devices: 1
+  logger: false
+  enable_progress_bar: false
+  enable_model_summary: false
+  enable_checkpointing: false
+"""
+DATA = """
+data:
+  class_path: tests.helpers.TinyStream
+  init_args: {n_tasks: 2, batch_size: 8, epochs_per_task: 2}
+"""
+MODEL = """
+model:
+  class_path: strategies.Naive
+  init_args:
+    backbone: {class_path: clfw.backbones.MLP, init_args: {in_features: 16, hidden: [8]}}
+    optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}
+"""
+
+
+def configs(tmp_path: Path, **texts: str) -> list[str]:
+    args = []
+    for name, text in texts.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+        args += ["--config", str(tmp_path / f"{name}.yaml")]
+    return args
+
+
+def test_fit_with_composed_config_files(tmp_path: Path) -> None:
+    cli = ContinualCLI(
+        args=[
+            "fit",
+            *configs(tmp_path, trainer=TRAINER, data=DATA, model=MODEL),
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    assert cli.model.head.out_features == 4, "the head size is linked from the datamodule"
+    assert cli.trainer.max_epochs == 4, "max_epochs is derived from the stream"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["tasks_completed"] == 2 and len(metrics["accuracy_matrix"]) == 2
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["trainer"]["max_epochs"] is None and saved["data"]["init_args"]["epochs_per_task"] == 2
+
+
+def test_short_names_and_outside_strategy_with_plugin(tmp_path: Path) -> None:
+    args = [
+        "fit",
+        *configs(tmp_path, trainer=TRAINER),
+        f"--trainer.default_root_dir={tmp_path}",
+        "--data=tests.helpers.TinyStream",
+        "--data.batch_size=8",
+        "--model=Naive",
+        "--model.backbone=clfw.backbones.MLP",
+        "--model.backbone.in_features=16",
+    ]
+    main(args)
+    assert json.loads((tmp_path / "metrics.json").read_text())["tasks_completed"] == 2
+    main(
+        [
+            *args[:-4],
+            "--model=tests.helpers.ScaledLoss",
+            "--model.factor=0.5",
+            "--model.backbone=clfw.backbones.MLP",
+            "--model.backbone.in_features=16",
+            "--model.plugins+=tests.helpers.L2Plugin",
+            "--model.plugins.weight=0.1",
+        ]
+    )
+    assert json.loads((tmp_path / "metrics.json").read_text())["tasks_completed"] == 2
+
+
+def test_unknown_class_path_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *configs(tmp_path, trainer=TRAINER, data=DATA), "--model=mylab.NoSuchStrategy"])
+    assert exit_info.value.code == 2
+    assert "Problem with given class_path 'mylab.NoSuchStrategy'" in capsys.readouterr().err
+
+
+def test_max_epochs_by_hand_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"trainer.max_epochs=7, but the stream takes .* = 4 epochs"):
+        main(["fit", *configs(tmp_path, trainer=TRAINER, data=DATA, model=MODEL), "--trainer.max_epochs=7"])
+
+
+@pytest.mark.parametrize("config", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_parse(config: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "clfw", "fit", "--config", config, "--print_config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "class_path" in out.stdout
+
+
+def test_console_script_is_installed() -> None:
+    out = subprocess.run(["clfw", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "fit" in out.stdout
