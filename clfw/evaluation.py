@@ -95,7 +95,10 @@ def _json_safe(value: Any) -> Any:
 
 
 def run_dir(trainer: pl.Trainer) -> str:
-    """The run directory: the Trainer's log directory (its first logger's), else ``default_root_dir``."""
+    """The run directory: the Trainer's log directory (its first logger's), else ``default_root_dir``.
+
+    Under DDP this is a broadcast from rank 0, so every rank must call it.
+    """
     return trainer.log_dir or trainer.default_root_dir
 
 
@@ -207,10 +210,13 @@ class AccuracyMatrix(ContinualCallback):
         )
 
     def write(self, trainer: pl.Trainer) -> str | None:
-        """Writes ``metrics.json`` into the run directory (global rank 0 only); returns its path."""
+        """Writes ``metrics.json`` into the run directory (global rank 0 only); returns its path.
+
+        Call it on every rank: resolving the log directory is a collective under DDP.
+        """
+        path = os.path.join(run_dir(trainer), self.filename)
         if not trainer.is_global_zero:
             return None
-        path = os.path.join(run_dir(trainer), self.filename)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:

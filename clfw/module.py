@@ -165,7 +165,13 @@ class ContinualModule(pl.LightningModule):
     # -------------------------------------------------------------------------------------------- Lightning
     @override
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        self.attach_stream(self.trainer.datamodule if self._trainer is not None else None)
+
+    def attach_stream(self, dm: ContinualDataModule | None) -> None:
+        """Binds the module to ``dm``'s stream: checks it, builds a missing backbone or head, prepares the masks.
+
+        ``setup`` calls it; call it yourself to use a module outside a Trainer (e.g. to evaluate a checkpoint).
+        """
         if not isinstance(dm, ContinualDataModule):
             raise ValueError(f"{type(self).__name__} needs a clfw.ContinualDataModule, got {type(dm).__name__}")
         stream = dm.stream
