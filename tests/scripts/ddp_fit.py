@@ -27,7 +27,7 @@ class SeenIndices(Plugin):
 
     @override
     def before_training_step(self, module: ContinualModule, batch: Batch) -> None:
-        self.pairs += list(zip(batch.task.tolist(), batch.index.tolist()))
+        self.pairs += list(zip(batch.task.tolist(), batch.index.tolist(), strict=True))
 
 
 def main(outdir: str) -> None:
