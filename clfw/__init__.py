@@ -1,6 +1,6 @@
 """clfw: continual learning on PyTorch Lightning."""
 
-from clfw.callbacks import ContinualCallback
+from clfw.callbacks import ContinualCallback, ContinualProgressBar
 from clfw.data import Batch, Normalize, Stream, Task, TaskData
 from clfw.datamodule import ContinualDataModule
 from clfw.evaluation import AccuracyMatrix, TaskAccuracy, evaluate
@@ -13,6 +13,7 @@ __all__ = [
     "ContinualCallback",
     "ContinualDataModule",
     "ContinualModule",
+    "ContinualProgressBar",
     "Normalize",
     "Plugin",
     "Stream",

@@ -1,10 +1,12 @@
-"""``ContinualCallback``: Lightning callbacks that also hear about task boundaries."""
+"""``ContinualCallback``: Lightning callbacks that also hear about task boundaries; a task-aware progress bar."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import TQDMProgressBar
+from typing_extensions import override
 
 if TYPE_CHECKING:
     from clfw.module import ContinualModule
@@ -22,3 +24,22 @@ class ContinualCallback(pl.Callback):
 
     def on_task_end(self, trainer: pl.Trainer, module: ContinualModule, task: int) -> None:
         """Called when training on ``task`` is over, after the strategy's hooks."""
+
+
+class ContinualProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, labelled with the stream position: ``Task 2 (3/5), epoch 1/2``.
+
+    The ``clfw`` CLI uses it instead of Lightning's default bar; pass it in ``callbacks`` when using the Python API.
+    """
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        dm = trainer.datamodule
+        n_tasks, per_task = getattr(dm, "n_tasks", None), getattr(dm, "epochs_per_task", None)
+        if isinstance(n_tasks, int) and isinstance(per_task, int):
+            epoch = trainer.current_epoch
+            task = min(epoch // per_task, n_tasks - 1)
+            self.train_progress_bar.set_description(
+                f"Task {task} ({task + 1}/{n_tasks}), epoch {epoch % per_task + 1}/{per_task}"
+            )

@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from pytorch_lightning import Callback, Trainer
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 import benchmarks  # noqa: F401  (registers the short names of the built-in streams)
 import strategies  # noqa: F401  (registers the short names of the built-in strategies)
+from clfw.callbacks import ContinualProgressBar
 from clfw.datamodule import ContinualDataModule
 from clfw.evaluation import AccuracyMatrix
 from clfw.module import ContinualModule
@@ -26,7 +28,8 @@ class ContinualCLI(LightningCLI):
     - ``model.init_args.num_classes`` is linked from the datamodule, so the head covers every class of the stream;
     - ``trainer.max_epochs`` is derived from the stream (``n_tasks * epochs_per_task``): setting another value is an
       error;
-    - the :class:`~clfw.AccuracyMatrix` callback is always on, configured under ``evaluation``.
+    - the :class:`~clfw.AccuracyMatrix` callback is always on, configured under ``evaluation``;
+    - the progress bar names the task (:class:`~clfw.callbacks.ContinualProgressBar`) unless another bar is given.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -58,6 +61,9 @@ class ContinualCLI(LightningCLI):
                 )
             config["max_epochs"] = dm.total_epochs
             config["reload_dataloaders_every_n_epochs"] = 1
+        given = [*callbacks, *(config.get("callbacks") or [])]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
+            callbacks = [*callbacks, ContinualProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
 
 

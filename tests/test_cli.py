@@ -117,3 +117,19 @@ def test_shipped_configs_parse(config: str) -> None:
 def test_console_script_is_installed() -> None:
     out = subprocess.run(["clfw", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "fit" in out.stdout
+
+
+def test_progress_bar_names_the_task(tmp_path: Path) -> None:
+    from clfw import ContinualProgressBar
+
+    cli = ContinualCLI(
+        args=[
+            "fit",
+            *configs(tmp_path, trainer=TRAINER, data=DATA, model=MODEL),
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=true",
+        ]
+    )
+    bars = [c for c in cli.trainer.callbacks if isinstance(c, ContinualProgressBar)]
+    assert len(bars) == 1
+    assert bars[0].train_progress_bar.desc.startswith("Task 1 (2/2), epoch 2/2")
