@@ -25,12 +25,22 @@ def test_hand_computed_values() -> None:
     assert forward_transfer(R, [0.1, 0.2, 0.3]) == pytest.approx(((0.9 - 0.2) + (0.4 - 0.3)) / 2)
 
 
+def test_max_forgetting_and_avalanche_forgetting_differ() -> None:
+    from clfw.metrics import avalanche_forgetting
+
+    # task 0 peaks after its own training (0.9 after task 1): max-form forgetting measures from the peak
+    M = [[0.6, 0.0, 0.0], [0.9, 0.8, 0.0], [0.7, 0.8, 0.9]]
+    assert forgetting(M) == pytest.approx(0.1)
+    assert avalanche_forgetting(M) == pytest.approx(-0.05) == pytest.approx(-backward_transfer(M))
+
+
 def test_undefined_metrics_are_nan_or_none() -> None:
     assert math.isnan(forgetting([[0.7]])) and math.isnan(backward_transfer([[0.7]]))
     assert summarize([[0.7]], [0.1], "task") == {
         "average_accuracy": 0.7,
         "forgetting": None,
         "backward_transfer": None,
+        "avalanche_forgetting": None,
         "forward_transfer": None,
     }
     assert summarize(R, [0.1, 0.2, 0.3], "class")["forward_transfer"] is None
