@@ -1,6 +1,7 @@
 """clfw: continual learning on PyTorch Lightning."""
 
 from clfw.callbacks import ContinualCallback, ContinualProgressBar
+from clfw.continual_eval import ContinualEvaluation
 from clfw.data import Batch, Normalize, Stream, Task, TaskData
 from clfw.datamodule import ContinualDataModule
 from clfw.evaluation import AccuracyMatrix, TaskAccuracy, evaluate
@@ -12,6 +13,7 @@ __all__ = [
     "Batch",
     "ContinualCallback",
     "ContinualDataModule",
+    "ContinualEvaluation",
     "ContinualModule",
     "ContinualProgressBar",
     "Normalize",

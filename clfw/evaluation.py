@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytorch_lightning as pl
 import torch
+import yaml
 from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
@@ -60,6 +63,19 @@ class TaskAccuracy(Metric):
         )
 
 
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Puts ``module`` in eval mode and afterwards restores every submodule's own flag (a frozen backbone kept in eval
+    mode during training stays so)."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
 @torch.no_grad()
 def evaluate(
     module: ContinualModule, datamodule: ContinualDataModule, tasks: Sequence[int], split: str = "test"
@@ -67,20 +83,16 @@ def evaluate(
     """Accuracy of ``module.predict`` on each task in ``tasks`` (and per class), in eval mode, without gradients.
 
     Returns per-task accuracies for ``tasks`` in order, and per-class accuracies over all classes (``nan`` for classes
-    not evaluated). Train mode is restored afterwards.
+    not evaluated). Every module's train/eval flag is restored afterwards.
     """
     stream = datamodule.stream
     metric = TaskAccuracy(stream.n_tasks, stream.num_classes).to(module.device)
-    was_training = module.training
-    module.eval()
-    try:
+    with eval_mode(module):
         for t in tasks:
             for batch in datamodule.task_loader(t, split):  # type: ignore[arg-type]
                 batch = Batch(*(v.to(module.device, non_blocking=True) for v in batch))
                 metric.update(module.predict(batch.x, batch.task).argmax(1), batch.y, batch.task)
-        task_acc, class_acc = metric.compute()
-    finally:
-        module.train(was_training)
+    task_acc, class_acc = metric.compute()
     return [float(task_acc[t]) for t in tasks], class_acc.tolist()
 
 
@@ -92,6 +104,60 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     return value
+
+
+def run_metadata(trainer: pl.Trainer, directory: str) -> dict[str, Any]:
+    """Seed, package versions, git commit (when run inside a git checkout) and the resolved CLI config if saved in
+    ``directory`` (the run directory; pass it in, since resolving it is a collective under DDP)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("clfw", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "timm", "jsonargparse"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        commit = git.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    config_path = os.path.join(directory, "config.yaml")
+    config = None
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            config = yaml.safe_load(f)
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return {
+        "seed": int(seed) if seed is not None else None,
+        "versions": versions,
+        "git_commit": commit,
+        "world_size": trainer.world_size,
+        "config": config,
+    }
+
+
+def write_metrics(trainer: pl.Trainer, filename: str = "metrics.json") -> str | None:
+    """Writes ``metrics.json`` into the run directory: the ``report()`` of every callback that has one, merged, plus
+    ``"run"`` metadata (:func:`run_metadata`). Atomic (written to a temporary file, then renamed), global rank 0 only.
+
+    Call it on every rank: resolving the log directory is a collective under DDP.
+    """
+    directory = run_dir(trainer)
+    if not trainer.is_global_zero:
+        return None
+    path = os.path.join(directory, filename)
+    content: dict[str, Any] = {}
+    for cb in trainer.callbacks:  # type: ignore[attr-defined]
+        if callable(getattr(cb, "report", None)):
+            content.update(cb.report(trainer))
+    content["run"] = run_metadata(trainer, directory)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(_json_safe(content), f, indent=1)
+    os.replace(tmp, path)
+    return path
 
 
 def run_dir(trainer: pl.Trainer) -> str:
@@ -125,11 +191,11 @@ class AccuracyMatrix(ContinualCallback):
 
     Before training it measures the initial accuracies ``b[j]``; after each task's end hooks, one row over all tasks
     (future tasks too, which forward transfer needs). With a validation split it measures the same matrix on it and
-    logs ``val/acc`` for sweeps. Rows are logged to every logger (``cl/acc``, ``cl/task_<j>/acc``), ``metrics.json`` is
-    rewritten in the run directory after each task (a crash loses nothing measured), and a table is printed at the
-    end. Its state rides in checkpoints.
+    logs ``val/acc`` for sweeps. Rows are logged to every logger (``task_end/acc``, ``task_end/task_<j>/acc``),
+    ``metrics.json`` is rewritten in the run directory after each task (a crash loses nothing measured), and a table is
+    printed at the end. Its state rides in checkpoints.
 
-    ``cl/acc`` after task ``i`` is the mean of ``R[i][j]`` over the tasks seen so far, ``j <= i``.
+    ``task_end/acc`` after task ``i`` is the mean of ``R[i][j]`` over the tasks seen so far, ``j <= i``.
 
     Args:
         filename: Name of the metrics file in the run directory.
@@ -165,8 +231,8 @@ class AccuracyMatrix(ContinualCallback):
         del self.rows[task:], self.class_rows[task:], self.val_rows[task:]
         self.rows.append(row)
         self.class_rows.append(per_class)
-        metrics = {"cl/acc": sum(row[: task + 1]) / (task + 1), "cl/task": float(task)}
-        metrics.update({f"cl/task_{j}/acc": a for j, a in enumerate(row[: task + 1])})
+        metrics = {"task_end/acc": sum(row[: task + 1]) / (task + 1), "task_end/task": float(task)}
+        metrics.update({f"task_end/task_{j}/acc": a for j, a in enumerate(row[: task + 1])})
         if trainer.datamodule.stream.tasks[0].val is not None:  # type: ignore[union-attr]
             val_row, _ = self._row(trainer, module, task, "val")
             self.val_rows.append(val_row)
@@ -192,37 +258,25 @@ class AccuracyMatrix(ContinualCallback):
         R = [row[:k] for row in self.rows]
         return summarize(R, self.initial, trainer.datamodule.stream.scenario)  # type: ignore[union-attr]
 
-    def as_dict(self, trainer: pl.Trainer) -> dict[str, Any]:
+    def report(self, trainer: pl.Trainer) -> dict[str, Any]:
+        """This callback's section of ``metrics.json``."""
         stream = trainer.datamodule.stream  # type: ignore[union-attr]
-        return _json_safe(
-            {
-                "scenario": stream.scenario,
-                "n_tasks": stream.n_tasks,
-                "num_classes": stream.num_classes,
-                "task_classes": [list(t.classes) for t in stream.tasks],
-                "tasks_completed": len(self.rows),
-                "initial_accuracy": self.initial,
-                "accuracy_matrix": self.rows,
-                "val_accuracy_matrix": self.val_rows or None,
-                "per_class_accuracy": self.class_rows,
-                "summary": self.summary(trainer),
-            }
-        )
+        return {
+            "scenario": stream.scenario,
+            "n_tasks": stream.n_tasks,
+            "num_classes": stream.num_classes,
+            "task_classes": [list(t.classes) for t in stream.tasks],
+            "tasks_completed": len(self.rows),
+            "initial_accuracy": self.initial,
+            "accuracy_matrix": self.rows,
+            "val_accuracy_matrix": self.val_rows or None,
+            "per_class_accuracy": self.class_rows,
+            "summary": self.summary(trainer),
+        }
 
     def write(self, trainer: pl.Trainer) -> str | None:
-        """Writes ``metrics.json`` into the run directory (global rank 0 only); returns its path.
-
-        Call it on every rank: resolving the log directory is a collective under DDP.
-        """
-        path = os.path.join(run_dir(trainer), self.filename)
-        if not trainer.is_global_zero:
-            return None
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.as_dict(trainer), f, indent=1)
-        os.replace(tmp, path)
-        return path
+        """Writes ``metrics.json`` (see :func:`write_metrics`); call it on every rank."""
+        return write_metrics(trainer, self.filename)
 
     @override
     def state_dict(self) -> dict[str, Any]:

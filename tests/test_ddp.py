@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clfw import evaluate
+from clfw import ContinualEvaluation, evaluate
 from clfw.backbones import MLP
 from strategies import Naive
 from tests.helpers import TinyStream
@@ -49,3 +49,15 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
     acc, _ = evaluate(model, dm, [0, 1])
     assert acc == r0["rows"][-1]
     assert len(dm.stream.tasks[0].test) == 21
+
+    # per-iteration evaluation: 15 samples per task split 8/7 over the ranks; the summed counts give the
+    # single-process accuracy of the same subsample, at every step and on both ranks
+    assert r0["curves"] == r1["curves"] and r0["last"] == r1["last"]
+    positions = ContinualEvaluation(samples_per_task=15, tasks="all").subsample_positions([21, 21])
+    model.eval()
+    with torch.no_grad():
+        expected = []
+        for task, pos in zip(dm.stream.tasks, positions, strict=True):
+            batch = task.test.batch(pos, dm.eval_transform())
+            expected.append((model.predict(batch.x, batch.task).argmax(1) == batch.y).double().mean().item())
+    assert r0["curves"][-1] == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,9 @@ trainer:
   enable_progress_bar: false
   enable_model_summary: false
   deterministic: true
+  callbacks:
+    - class_path: clfw.ContinualEvaluation
+      init_args: {windows: [5]}
 data:
   class_path: benchmarks.SplitMNIST
   init_args: {n_tasks: 5, batch_size: 64, epochs_per_task: 1, seed: 3}
@@ -81,6 +85,13 @@ def test_sigkill_mid_task_then_resume_is_bit_identical(tmp_path: Path) -> None:
         *final_state_args(tmp_path / "resumed.pt"),
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    # the per-iteration curves continue where the checkpoint left them: identical to the uninterrupted run's
+    ref_curves = json.loads((tmp_path / "ref" / "metrics.json").read_text())["continual"]
+    resumed_curves = json.loads((tmp_path / "run" / "metrics.json").read_text())["continual"]
+    assert ref_curves["steps"] == resumed_curves["steps"] == list(range(66))
+    assert ref_curves["accuracy"] == resumed_curves["accuracy"]
+    assert ref_curves["last"] == resumed_curves["last"]
 
     a, b = torch.load(tmp_path / "ref.pt"), torch.load(tmp_path / "resumed.pt")
     assert a["step"] == b["step"] == 65

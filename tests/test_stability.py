@@ -67,8 +67,14 @@ def test_windowed_forgetting_and_plasticity_include_the_current_task() -> None:
 def test_stability_gap_drop_and_recovery() -> None:
     tr, _ = run(tolerance=0.01)
     gap0, gap1 = tr.stability_gaps()
-    assert gap0 == {"task": 0, "before": 0.90, "min": 0.40, "min_step": 4, "drop": pytest.approx(0.50),
-                    "recovery_steps": 3}  # steps 4, 5, 6: back to 0.89 >= 0.90 - 0.01 at the third step
+    assert gap0 == {
+        "task": 0,
+        "before": 0.90,
+        "min": 0.40,
+        "min_step": 4,
+        "drop": pytest.approx(0.50),
+        "recovery_steps": 3,
+    }  # steps 4, 5, 6: back to 0.89 >= 0.90 - 0.01 at the third step
     assert gap1["task"] == 1 and gap1["min"] == 0.20 and gap1["recovery_steps"] is None  # never back to 0.79
     tr_strict, _ = run(tolerance=0.0)
     assert tr_strict.stability_gaps()[0]["recovery_steps"] is None  # 0.89 < 0.90
@@ -83,7 +89,7 @@ def test_no_drop_means_zero_recovery_steps() -> None:
 
 
 def test_state_round_trip_rebuilds_everything() -> None:
-    tr, out = run()
+    tr, _ = run()
     copy = StabilityTracker(windows=(2, 3))
     copy.load_state_dict(tr.state_dict())
     assert copy.stability_gaps() == tr.stability_gaps()

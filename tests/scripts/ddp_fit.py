@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
-from clfw import Batch, ContinualModule, Plugin
+from clfw import AccuracyMatrix, Batch, ContinualEvaluation, ContinualModule, Plugin
 from clfw.backbones import MLP
 from strategies import Naive
 from tests.helpers import TinyStream
@@ -35,15 +35,14 @@ def main(outdir: str) -> None:
     dm = TinyStream(n_tasks=2, num_classes_total=6, train_per_class=20, test_per_class=7, batch_size=8)
     seen = SeenIndices()
     model = Naive(backbone=MLP(in_features=16, hidden=(16,), dropout=0.2), plugins=[seen])
-    from clfw import AccuracyMatrix
-
     matrix = AccuracyMatrix()
+    continual = ContinualEvaluation(samples_per_task=15, tasks="all", windows=[3])
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
         strategy="ddp",
         max_epochs=dm.total_epochs,
-        callbacks=[matrix],
+        callbacks=[matrix, continual],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -53,7 +52,14 @@ def main(outdir: str) -> None:
     trainer.fit(model, dm)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.save(
-        {"state_dict": state, "rows": matrix.rows, "pairs": seen.pairs, "world": trainer.world_size},
+        {
+            "state_dict": state,
+            "rows": matrix.rows,
+            "pairs": seen.pairs,
+            "world": trainer.world_size,
+            "curves": continual.tracker.acc,
+            "last": continual.last,
+        },
         f"{outdir}/rank{trainer.global_rank}.pt",
     )
 
