@@ -10,7 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from clfw.callbacks import ContinualCallback
-from clfw.evaluation import TaskAccuracy, eval_mode, write_metrics
+from clfw.evaluation import TaskAccuracy, eval_mode, run_dir, write_metrics
 from clfw.loaders import shard
 from clfw.stability import StabilityTracker
 
@@ -42,6 +42,8 @@ class ContinualEvaluation(ContinualCallback):
         tolerance: Accuracy within which a task counts as recovered after the stability gap (0.01 = 1 point).
         seed: Seed of the subsample.
         batch_size: Samples per forward pass (``None``: all evaluated samples at once).
+        plot: Save ``stability_gap.png`` (per-task curves, task boundaries, minima) in the run directory at the end, and
+            hand it to loggers that take images.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class ContinualEvaluation(ContinualCallback):
         tolerance: float = 0.01,
         seed: int = 0,
         batch_size: int | None = None,
+        plot: bool = True,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
@@ -63,7 +66,7 @@ class ContinualEvaluation(ContinualCallback):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         self.every_n_steps, self.samples_per_task, self.tasks = every_n_steps, samples_per_task, tasks
-        self.seed, self.batch_size = seed, batch_size
+        self.seed, self.batch_size, self.plot = seed, batch_size, plot
         self.tracker = StabilityTracker(windows if windows is not None else (10, 100), tolerance)
         self.last: dict[str, float | None] = {}
         self._last_step = -1
@@ -150,6 +153,14 @@ class ContinualEvaluation(ContinualCallback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         write_metrics(trainer)
+        directory = run_dir(trainer)
+        if trainer.is_global_zero and self.plot and self.tracker.steps:
+            from clfw.plots import save_and_log, stability_gap_figure
+
+            tr = self.tracker
+            save_and_log(
+                trainer, stability_gap_figure(tr.steps, tr.current, tr.acc, tr.ends), directory, "stability_gap"
+            )
         if trainer.is_global_zero and self.last:
             shown = {k: round(v, 4) for k, v in self.last.items() if v is not None}
             print("Continual evaluation (last step):", shown)

@@ -200,12 +200,16 @@ class AccuracyMatrix(ContinualCallback):
     Args:
         filename: Name of the metrics file in the run directory.
         tasks: Evaluate ``"all"`` tasks at each task end, or only the ``"seen"`` ones (rows then hold ``nan`` ahead).
+        plot: Save ``accuracy_matrix.png`` (annotated heatmap) in the run directory at the end, and hand it to loggers
+            that take images.
     """
 
-    def __init__(self, filename: str = "metrics.json", tasks: Literal["all", "seen"] = "all") -> None:
+    def __init__(
+        self, filename: str = "metrics.json", tasks: Literal["all", "seen"] = "all", plot: bool = True
+    ) -> None:
         if tasks not in ("all", "seen"):
             raise ValueError(f"tasks must be 'all' or 'seen', got {tasks!r}")
-        self.filename, self.tasks = filename, tasks
+        self.filename, self.tasks, self.plot = filename, tasks, plot
         self.initial: list[float] | None = None
         self.rows: list[list[float]] = []
         self.val_rows: list[list[float]] = []
@@ -245,6 +249,11 @@ class AccuracyMatrix(ContinualCallback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.write(trainer)
+        directory = run_dir(trainer)
+        if trainer.is_global_zero and self.rows and self.plot:
+            from clfw.plots import accuracy_matrix_figure, save_and_log
+
+            save_and_log(trainer, accuracy_matrix_figure(self.rows, self.initial), directory, "accuracy_matrix")
         if trainer.is_global_zero and self.rows:
             print("\nAccuracy matrix R[i][j] (%), rows: after task i; 'init': before training")
             print(format_matrix(self.rows, self.initial))

@@ -120,3 +120,23 @@ def test_subsample_is_fixed_and_seeded() -> None:
 def test_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ContinualEvaluation(**kwargs)
+
+
+class ImageLogger(pl.loggers.CSVLogger):
+    """A logger that takes images, like W&B's: records what it was given."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.images: list[tuple[str, list[str]]] = []
+
+    def log_image(self, key: str, images: list, step: int | None = None) -> None:
+        self.images.append((key, images))
+
+
+def test_plots_are_saved_and_handed_to_image_loggers(tmp_path) -> None:
+    logger = ImageLogger(tmp_path)
+    fit(model(), stream(), callbacks=[ContinualEvaluation()], logger=logger)
+    for name in ("accuracy_matrix", "stability_gap"):
+        path = os.path.join(logger.log_dir, f"{name}.png")
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert (f"plots/{name}", [path]) in logger.images
