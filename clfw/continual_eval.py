@@ -99,7 +99,8 @@ class ContinualEvaluation(ContinualCallback):
     @torch.no_grad()
     def evaluate(self, module: ContinualModule, current_task: int) -> list[float | None]:
         """Accuracy on each task (``None`` for tasks not evaluated), summed over ranks."""
-        assert self._data is not None and self._metric is not None
+        if self._data is None or self._metric is None:
+            raise RuntimeError("ContinualEvaluation.evaluate needs the subsample: it is built in setup('fit')")
         if self._data[0].device != module.device:
             self._data = tuple(t.to(module.device) for t in self._data)  # type: ignore[assignment]
             self._metric = self._metric.to(module.device)
