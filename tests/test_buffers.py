@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,3 +73,30 @@ def test_bad_input() -> None:
     buf.add(x=torch.zeros(3, 1), y=torch.zeros(3))
     with pytest.raises(ValueError, match="stores fields"):
         buf.add(x=torch.zeros(3, 1))
+
+
+@pytest.mark.slow
+def test_ddp_ranks_hold_the_buffer_of_a_single_reservoir_over_the_gathered_stream(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    out = subprocess.run(
+        [sys.executable, str(root / "tests" / "scripts" / "ddp_buffer.py"), str(tmp_path), port],
+        env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"buffer{r}.pt") for r in (0, 1))
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+    held = set(r0["state"]["id"].tolist())
+    assert any(i % 2 == 0 for i in held) and any(i % 2 == 1 for i in held), "samples from both ranks' shards"
+    # a single process offered the gathered stream (rank 0's batch, then rank 1's, step by step) holds the same
+    single = ReservoirBuffer(capacity=16, seed=5)
+    stream = torch.arange(200)
+    for i in range(0, 100, 10):
+        ids = torch.cat([stream[0::2][i : i + 10], stream[1::2][i : i + 10]])
+        single.add(id=ids, x=(ids % 256).to(torch.uint8).view(-1, 1).repeat(1, 3))
+    assert torch.equal(single.id, r0["state"]["id"]) and torch.equal(single.x, r0["state"]["x"])
+    # each rank draws its own replay minibatch
+    assert not torch.equal(r0["replay"], r1["replay"])

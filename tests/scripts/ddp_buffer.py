@@ -1,0 +1,34 @@
+"""Two gloo processes each offer their own shard of a stream to a ReservoirBuffer; each saves its buffer to OUTDIR.
+
+Run as ``python tests/scripts/ddp_buffer.py OUTDIR PORT``. Rank r offers stream[r::2] in batches of 10, as a sharded
+training loader would.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from clfw.buffers import ReservoirBuffer
+
+
+def worker(rank: int, world: int, outdir: str, port: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    buf = ReservoirBuffer(capacity=16, seed=5)
+    stream = torch.arange(200)
+    mine = stream[rank::world]
+    for i in range(0, len(mine), 10):
+        ids = mine[i : i + 10]
+        buf.add(id=ids, x=(ids % 256).to(torch.uint8).view(-1, 1).repeat(1, 3))
+    replay = buf.sample(4)["id"]
+    torch.save({"state": buf.state_dict(), "replay": replay}, f"{outdir}/buffer{rank}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(2, sys.argv[1], sys.argv[2]), nprocs=2, join=True)
