@@ -7,6 +7,7 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+from torch import Tensor
 from typing_extensions import override
 
 from clfw.data import SCENARIOS, BatchTransform, ScenarioName, Stream, TaskData
@@ -127,6 +128,20 @@ class ContinualDataModule(pl.LightningDataModule):
         tasks = self.stream.tasks
         chosen = {"current": tasks[task : task + 1], "seen": tasks[: task + 1], "all": tasks}[mode]
         return chosen[0].train if len(chosen) == 1 else TaskData.cat([t.train for t in chosen])
+
+    def raw_train_inputs(self, task: Tensor, index: Tensor) -> Tensor:
+        """The stored (untransformed) training inputs of the samples ``(task[k], index[k])``, as in a :class:`Batch`.
+
+        Replay buffers keep these compact inputs and apply :meth:`train_transform` when they replay them.
+        """
+        tasks = self.stream.tasks
+        task_cpu, index_cpu = task.cpu(), index.cpu()
+        first = tasks[int(task_cpu[0])].train.x
+        out = torch.empty((len(task_cpu), *first.shape[1:]), dtype=first.dtype)
+        for t in torch.unique(task_cpu).tolist():
+            sel = task_cpu == t
+            out[sel] = tasks[t].train.x[index_cpu[sel]]
+        return out.to(task.device)
 
     def task_loader(self, task: int, split: Literal["train", "val", "test"] = "train") -> EvalLoader:
         """Unshuffled loader over one task's split (not augmented), sharded across ranks.

@@ -1,0 +1,52 @@
+"""Experience Replay with a reservoir buffer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F  # noqa: N812
+from typing_extensions import override
+
+from clfw import Batch, ContinualModule
+from clfw.buffers import ReservoirBuffer
+
+
+class ER(ContinualModule):
+    """Experience Replay (Chaudhry et al. 2019, "On Tiny Episodic Memories in Continual Learning"; reservoir memory as
+    in Riemer et al. 2019 and Mammoth's ``er``).
+
+    Each step, a minibatch drawn from the memory is concatenated with the current batch and the cross-entropy of the
+    joint batch is minimised; then the current batch's raw inputs are offered to the reservoir memory. Replayed inputs
+    go through the training transform when drawn (the memory stores them untransformed, e.g. uint8). Under DDP every
+    rank holds the same memory (see :class:`~clfw.buffers.ReservoirBuffer`) and draws its own replay minibatch.
+
+    Args:
+        buffer_size: Memory capacity (samples).
+        replay_batch_size: Samples replayed per step (Mammoth's ``minibatch_size``).
+        buffer_seed: Seed of the memory's insertion and sampling draws.
+        **kwargs: Arguments of :class:`~clfw.ContinualModule` (backbone, optimizer, plugins ...).
+    """
+
+    def __init__(
+        self, buffer_size: int = 500, replay_batch_size: int = 32, buffer_seed: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if replay_batch_size < 1:
+            raise ValueError(f"replay_batch_size must be >= 1, got {replay_batch_size}")
+        self.replay_batch_size = replay_batch_size
+        self.buffer = ReservoirBuffer(buffer_size, buffer_seed)
+
+    @override
+    def training_loss(self, batch: Batch) -> dict[str, Tensor]:
+        x, y, task = batch.x, batch.y, batch.task
+        if len(self.buffer):
+            memory = self.buffer.sample(self.replay_batch_size)
+            replay_x = self.datamodule.train_transform()(memory["x"])
+            x, y, task = torch.cat([x, replay_x]), torch.cat([y, memory["y"]]), torch.cat([task, memory["task"]])
+        logits = self(x)
+        loss = F.cross_entropy(self.masked(logits, task), y)
+        raw = self.datamodule.raw_train_inputs(batch.task, batch.index)
+        self.buffer.add(x=raw, y=batch.y, task=batch.task)
+        return {"loss": loss, "logits": logits[: len(batch.y)]}
