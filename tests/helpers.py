@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 from typing import Any
 
 import pytorch_lightning as pl
@@ -188,8 +189,13 @@ class SaveFinalState(pl.Callback):
 def fit(
     module: ContinualModule, dm: ContinualDataModule, callbacks: list[pl.Callback] | None = None, **trainer_kwargs: Any
 ) -> tuple[pl.Trainer, AccuracyMatrix]:
-    """Fits ``module`` on ``dm`` quietly on CPU with an AccuracyMatrix; returns the trainer and the matrix callback."""
+    """Fits ``module`` on ``dm`` quietly on CPU with an AccuracyMatrix; returns the trainer and the matrix callback.
+
+    ``root`` is the run directory (a fresh temporary one by default, so tests never write into the working tree);
+    ``ckpt_path`` is passed to ``trainer.fit``; other keywords go to the Trainer.
+    """
     matrix = AccuracyMatrix()
+    ckpt_path = trainer_kwargs.pop("ckpt_path", None)
     kwargs: dict[str, Any] = dict(
         max_epochs=dm.total_epochs,
         accelerator="cpu",
@@ -198,9 +204,9 @@ def fit(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        default_root_dir=trainer_kwargs.pop("root", None),
+        default_root_dir=trainer_kwargs.pop("root", None) or tempfile.mkdtemp(prefix="clfw-test-"),
     )
     kwargs.update(trainer_kwargs)
     trainer = pl.Trainer(callbacks=[matrix, *(callbacks or [])], **kwargs)
-    trainer.fit(module, dm)
+    trainer.fit(module, dm, ckpt_path=ckpt_path)
     return trainer, matrix

@@ -1,0 +1,78 @@
+"""Contract tests over every strategy in ``strategies.__all__``: one table of tiny arguments, parametrized.
+
+A strategy without an entry in ``TINY_KWARGS`` fails ``test_every_strategy_has_an_entry``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from typing_extensions import override
+
+import strategies
+from clfw import ContinualModule
+from clfw.backbones import MLP
+from tests.helpers import TinyStream, fit
+
+TINY_KWARGS: dict[str, dict[str, Any]] = {
+    "Naive": {},
+    "Cumulative": {},
+    "Joint": {},
+    "ER": {"buffer_size": 20, "replay_batch_size": 4},
+}
+NAMES = sorted(strategies.__all__)
+
+
+def make(name: str) -> ContinualModule:
+    cls = getattr(strategies, name)
+    backbone = MLP(in_features=16, hidden=(16,), dropout=0.2)
+    return cls(backbone=backbone, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), **TINY_KWARGS[name])
+
+
+def test_every_strategy_has_an_entry() -> None:
+    missing = [n for n in NAMES if n not in TINY_KWARGS]
+    assert not missing, f"add tiny kwargs for {missing} to TINY_KWARGS"
+
+
+class Interrupt(pl.Callback):
+    """Stops the run with an exception once ``step`` optimizer steps are done (after that step's checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("interrupted")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trains_and_resumes_bit_identically_mid_task(name: str, tmp_path: Path) -> None:
+    def stream() -> TinyStream:
+        return TinyStream(n_tasks=2, batch_size=8, epochs_per_task=2)  # 6 steps per epoch, task 1 = steps 13..24
+
+    torch.manual_seed(0)
+    reference = make(name)
+    _, ref_matrix = fit(reference, stream())
+    assert len(ref_matrix.rows) == 2
+
+    torch.manual_seed(0)
+    interrupted = make(name)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_last=True, save_top_k=-1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit(interrupted, stream(), callbacks=[ckpt, Interrupt(17)], enable_checkpointing=True)
+
+    torch.manual_seed(123)  # resuming must not depend on the global RNG state at restart
+    resumed = make(name)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 15 and last["clfw"]["task"] == 1, "resume from the middle of task 1"
+    _, matrix = fit(resumed, stream(), ckpt_path=str(tmp_path / "last.ckpt"))
+    assert matrix.rows == ref_matrix.rows
+    ref_state, state = reference.state_dict(), resumed.state_dict()
+    assert ref_state.keys() == state.keys()
+    for k in ref_state:
+        assert torch.equal(ref_state[k], state[k]), k
