@@ -61,3 +61,23 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
             batch = task.test.batch(pos, dm.eval_transform())
             expected.append((model.predict(batch.x, batch.task).argmax(1) == batch.y).double().mean().item())
     assert r0["curves"][-1] == expected
+
+
+@pytest.mark.slow
+def test_every_strategy_under_ddp_keeps_identical_replicas(tmp_path: Path) -> None:
+    from tests.test_contract import NAMES
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "scripts" / "ddp_contract.py"), str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    for name in NAMES:
+        r0, r1 = (torch.load(tmp_path / f"{name}_rank{r}.pt") for r in (0, 1))
+        assert r0["rows"] == r1["rows"] and len(r0["rows"]) == 2, name
+        for k in r0["state_dict"]:
+            assert torch.equal(r0["state_dict"][k], r1["state_dict"][k]), f"{name}: replicas differ in {k}"
+    er = torch.load(tmp_path / "ER_rank0.pt")["state_dict"]
+    # 2 tasks x 48 samples, both ranks' shards offered to one shared memory
+    assert int(er["buffer.seen"]) == 96 and len(set(er["buffer.task"].tolist())) == 2
