@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import tempfile
@@ -210,3 +211,18 @@ def fit(
     trainer = pl.Trainer(callbacks=[matrix, *(callbacks or [])], **kwargs)
     trainer.fit(module, dm, ckpt_path=ckpt_path)
     return trainer, matrix
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, Any]:
+    """A detached copy of ``module.state_dict()`` (tensors cloned; extra state such as plugin counters copied)."""
+    return {
+        k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in module.state_dict().items()
+    }
+
+
+def assert_same_state(a: dict[str, Any], b: dict[str, Any], label: str = "") -> None:
+    """Every entry equal: tensors bit for bit, other values (extra state) by ``==``."""
+    assert a.keys() == b.keys(), label
+    for k in a:
+        same = torch.equal(a[k], b[k]) if isinstance(a[k], Tensor) else a[k] == b[k]
+        assert same, f"{label} {k}"

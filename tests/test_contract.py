@@ -14,23 +14,30 @@ import torch
 from typing_extensions import override
 
 import strategies
-from clfw import ContinualModule
+from clfw import ContinualModule, Plugin
 from clfw.backbones import MLP
-from tests.helpers import TinyStream, fit
+from tests.helpers import TinyStream, assert_same_state, fit, snapshot
 
 TINY_KWARGS: dict[str, dict[str, Any]] = {
     "Naive": {},
     "Cumulative": {},
     "Joint": {},
     "ER": {"buffer_size": 20, "replay_batch_size": 4},
+    "EWC": {"ewc_lambda": 10.0},  # a Plugin: tested on Naive
 }
 NAMES = sorted(strategies.__all__)
 
 
 def make(name: str) -> ContinualModule:
+    """The strategy ``name`` with its tiny arguments; a plugin (e.g. EWC) is attached to Naive."""
     cls = getattr(strategies, name)
-    backbone = MLP(in_features=16, hidden=(16,), dropout=0.2)
-    return cls(backbone=backbone, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), **TINY_KWARGS[name])
+    common: dict[str, Any] = {
+        "backbone": MLP(in_features=16, hidden=(16,), dropout=0.2),
+        "optimizer": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    }
+    if issubclass(cls, Plugin):
+        return strategies.Naive(plugins=[cls(**TINY_KWARGS[name])], **common)
+    return cls(**common, **TINY_KWARGS[name])
 
 
 def test_every_strategy_has_an_entry() -> None:
@@ -72,7 +79,4 @@ def test_trains_and_resumes_bit_identically_mid_task(name: str, tmp_path: Path) 
     assert last["global_step"] == 15 and last["clfw"]["task"] == 1, "resume from the middle of task 1"
     _, matrix = fit(resumed, stream(), ckpt_path=str(tmp_path / "last.ckpt"))
     assert matrix.rows == ref_matrix.rows
-    ref_state, state = reference.state_dict(), resumed.state_dict()
-    assert ref_state.keys() == state.keys()
-    for k in ref_state:
-        assert torch.equal(ref_state[k], state[k]), k
+    assert_same_state(snapshot(reference), snapshot(resumed), name)

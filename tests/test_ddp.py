@@ -13,7 +13,7 @@ import torch
 from clfw import ContinualEvaluation, evaluate
 from clfw.backbones import MLP
 from strategies import Naive
-from tests.helpers import TinyStream
+from tests.helpers import TinyStream, assert_same_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,8 +76,7 @@ def test_every_strategy_under_ddp_keeps_identical_replicas(tmp_path: Path) -> No
     for name in NAMES:
         r0, r1 = (torch.load(tmp_path / f"{name}_rank{r}.pt") for r in (0, 1))
         assert r0["rows"] == r1["rows"] and len(r0["rows"]) == 2, name
-        for k in r0["state_dict"]:
-            assert torch.equal(r0["state_dict"][k], r1["state_dict"][k]), f"{name}: replicas differ in {k}"
+        assert_same_state(r0["state_dict"], r1["state_dict"], f"{name}: replicas differ in")
     er = torch.load(tmp_path / "ER_rank0.pt")["state_dict"]
     # 2 tasks x 48 samples, both ranks' shards offered to one shared memory
     assert int(er["buffer.seen"]) == 96 and len(set(er["buffer.task"].tolist())) == 2

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 
 from clfw import AccuracyMatrix
-from tests.helpers import TinyStream
+from tests.helpers import TinyStream, snapshot
 from tests.test_contract import NAMES, make
 
 
@@ -28,8 +28,9 @@ def main(outdir: str) -> None:
             default_root_dir=outdir,
         )  # fmt: skip
         trainer.fit(model, dm)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        torch.save({"state_dict": state, "rows": matrix.rows}, f"{outdir}/{name}_rank{trainer.global_rank}.pt")
+        torch.save(
+            {"state_dict": snapshot(model), "rows": matrix.rows}, f"{outdir}/{name}_rank{trainer.global_rank}.pt"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""Elastic Weight Consolidation and online EWC, as a plugin for any strategy."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from clfw import Batch, ContinualModule, Plugin
+from clfw.fisher import diagonal_fisher
+
+
+class EWC(Plugin):
+    """Elastic Weight Consolidation (Kirkpatrick et al., PNAS 2017) and online EWC (Schwarz et al., ICML 2018).
+
+    After each task ``t`` it computes the diagonal Fisher ``F_t`` on the task's training data (``clfw.fisher``; the
+    ``fisher`` argument chooses empirical or sampled labels) and stores the anchor ``theta*_t``. The loss gets
+    ``(lambda / 2) sum_t sum_i F_t,i (theta_i - theta*_t,i)^2``: one term per past task (EWC), or with ``online`` one
+    accumulated ``F <- gamma F + F_t`` and the latest anchor (online EWC). Logged as ``train/ewc``.
+
+    A plugin, so it combines with any strategy: ``--model Naive --model.plugins+=strategies.EWC`` is EWC,
+    ``--model ER --model.plugins+=strategies.EWC`` is ER with EWC (``configs/model/ewc.yaml``). Under DDP the Fisher is
+    summed over the ranks' shards and divided by the global count, so every rank holds the same penalty.
+
+    Args:
+        ewc_lambda: Penalty weight lambda (tune it per benchmark; the papers' values range over orders of magnitude).
+        online: Online EWC: one Fisher decayed by ``gamma`` and the latest anchor, instead of one term per task.
+        gamma: Decay of the accumulated Fisher in online EWC (1.0 keeps it all).
+        fisher: ``"empirical"`` (true labels) or ``"sampled"`` (labels drawn from the model).
+    """
+
+    def __init__(
+        self,
+        ewc_lambda: float = 100.0,
+        online: bool = False,
+        gamma: float = 1.0,
+        fisher: Literal["empirical", "sampled"] = "empirical",
+    ) -> None:
+        super().__init__()
+        if ewc_lambda < 0 or not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"ewc_lambda must be >= 0 and gamma in [0, 1], got {ewc_lambda}, {gamma}")
+        if fisher not in ("empirical", "sampled"):
+            raise ValueError(f"fisher must be 'empirical' or 'sampled', got {fisher!r}")
+        self.ewc_lambda, self.online, self.gamma, self.fisher_mode = ewc_lambda, online, gamma, fisher
+        self.terms = 0  # number of stored (Fisher, anchor) pairs
+
+    @staticmethod
+    def _flat(module: ContinualModule) -> Tensor:
+        return torch.cat([p.flatten() for p in module.parameters() if p.requires_grad])
+
+    @override
+    def on_task_end(self, module: ContinualModule, task: int) -> None:
+        fisher = diagonal_fisher(module, module.datamodule.task_loader(task, "train"), self.fisher_mode)
+        names = [n for n, p in module.named_parameters() if p.requires_grad]
+        flat = torch.cat([fisher[n].flatten() for n in names]).detach()
+        anchor = self._flat(module).detach().clone()
+        if self.online and self.terms:
+            self.fisher_0.mul_(self.gamma).add_(flat)
+            self.anchor_0.copy_(anchor)
+        else:
+            self.register_buffer(f"fisher_{self.terms}", flat)
+            self.register_buffer(f"anchor_{self.terms}", anchor)
+            self.terms += 1
+
+    def penalty(self, module: ContinualModule) -> Tensor:
+        """``(lambda / 2) sum_t F_t . (theta - theta*_t)^2`` over the stored pairs."""
+        theta = self._flat(module)
+        total = theta.new_zeros(())
+        for k in range(self.terms):
+            total = total + (getattr(self, f"fisher_{k}") * (theta - getattr(self, f"anchor_{k}")).pow(2)).sum()
+        return 0.5 * self.ewc_lambda * total
+
+    @override
+    def loss_terms(self, module: ContinualModule, batch: Batch, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"ewc": self.penalty(module)} if self.terms else {}
+
+    @override
+    def get_extra_state(self) -> dict[str, int]:
+        return {"terms": self.terms}
+
+    @override
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.terms = state["terms"]
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for key, value in state_dict.items():  # the stored pairs are created on the fly: make room for them
+            name = key[len(prefix) :]
+            if key.startswith(prefix) and name.split("_")[0] in ("fisher", "anchor") and not hasattr(self, name):
+                self.register_buffer(name, torch.empty_like(value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
