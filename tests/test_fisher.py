@@ -76,3 +76,30 @@ def test_bad_input() -> None:
         diagonal_fisher(m, batches(dm), "true")
     with pytest.raises(ValueError, match="empty"):
         diagonal_fisher(m, [])
+
+
+@pytest.mark.slow
+def test_ddp_fisher_equals_the_single_process_fisher(tmp_path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    out = subprocess.run(
+        [sys.executable, str(root / "tests" / "scripts" / "ddp_fisher.py"), str(tmp_path), port],
+        env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    from tests.scripts.ddp_fisher import build
+
+    model, dm = build()
+    single = diagonal_fisher(model, [b._replace(x=b.x.double()) for b in dm.task_loader(0, "test")])
+    f0, f1 = (torch.load(tmp_path / f"fisher{r}.pt") for r in (0, 1))
+    for n in single:
+        assert torch.equal(f0[n], f1[n]), n
+        torch.testing.assert_close(f0[n], single[n], rtol=1e-12, atol=1e-15)
