@@ -5,6 +5,7 @@ from strategies.cumulative import Cumulative
 from strategies.er import ER
 from strategies.ewc import EWC
 from strategies.joint import Joint
+from strategies.lwf import LwF
 from strategies.naive import Naive
 
-__all__ = ["ER", "EWC", "Cumulative", "Joint", "Naive"]
+__all__ = ["ER", "EWC", "Cumulative", "Joint", "LwF", "Naive"]

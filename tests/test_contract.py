@@ -24,6 +24,7 @@ TINY_KWARGS: dict[str, dict[str, Any]] = {
     "Joint": {},
     "ER": {"buffer_size": 20, "replay_batch_size": 4},
     "EWC": {"ewc_lambda": 10.0},  # a Plugin: tested on Naive
+    "LwF": {"alpha": 1.0, "temperature": 2.0},  # a Plugin: tested on Naive
 }
 NAMES = sorted(strategies.__all__)
 

@@ -1,0 +1,81 @@
+"""Learning without Forgetting, as a plugin for any strategy."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from typing_extensions import override
+
+from clfw import Batch, ContinualModule, Plugin
+from clfw.evaluation import eval_mode
+
+
+class LwF(Plugin):
+    """Learning without Forgetting (Li & Hoiem, ECCV 2016 / TPAMI 2017).
+
+    At the end of each task it freezes a copy of the model (backbone and head) as the teacher. While training later
+    tasks it adds ``alpha * L_old``, the paper's knowledge-distillation loss on the current batch: the cross-entropy
+    between the teacher's and the student's temperature-``T`` softmax over the old classes' logits,
+    ``-sum_c softmax(z_teacher / T)_c log softmax(z_student / T)_c`` (it differs from the KL divergence only by the
+    teacher's entropy, a constant). The old classes are those of the tasks before the current one (all classes in
+    domain-IL). The teacher runs in eval mode without gradients. Logged as ``train/lwf``.
+
+    A plugin, so it combines with any strategy (``--model ER --model.plugins+=strategies.LwF`` is ER + LwF). The
+    strategy must return the current batch's raw ``logits`` from ``training_loss``, as clfw's strategies do; otherwise
+    the student's logits are recomputed.
+
+    Args:
+        alpha: Weight of the distillation loss (the paper's lambda_o).
+        temperature: Softmax temperature T (the paper uses 2).
+    """
+
+    def __init__(self, alpha: float = 1.0, temperature: float = 2.0) -> None:
+        super().__init__()
+        if alpha < 0 or temperature <= 0:
+            raise ValueError(f"alpha must be >= 0 and temperature > 0, got {alpha}, {temperature}")
+        self.alpha, self.temperature = alpha, temperature
+        self.teacher: nn.Module | None = None
+
+    @override
+    def on_setup(self, module: ContinualModule) -> None:
+        object.__setattr__(self, "_host", module)  # not a submodule: only to rebuild the teacher from checkpoints
+
+    @staticmethod
+    def _freeze(module: ContinualModule) -> nn.Module:
+        teacher = nn.ModuleDict({"backbone": copy.deepcopy(module.backbone), "head": copy.deepcopy(module.head)})
+        return teacher.requires_grad_(False)
+
+    @override
+    def on_task_end(self, module: ContinualModule, task: int) -> None:
+        self.teacher = self._freeze(module)
+
+    def old_classes(self, module: ContinualModule) -> Tensor:
+        """Boolean mask of the classes distilled while training the current task."""
+        stream = module.stream
+        if stream.scenario == "domain":
+            return torch.ones(stream.num_classes, dtype=torch.bool, device=module.device)
+        return stream.seen_class_mask(range(module.current_task)).to(module.device)
+
+    @override
+    def loss_terms(self, module: ContinualModule, batch: Batch, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.teacher is None:
+            return {}
+        old = self.old_classes(module)
+        student = outputs["logits"] if "logits" in outputs else module(batch.x)
+        with torch.no_grad(), eval_mode(self.teacher):
+            target = torch.softmax(
+                self.teacher["head"](self.teacher["backbone"](batch.x))[:, old] / self.temperature, 1
+            )
+        log_p = torch.log_softmax(student[:, old] / self.temperature, dim=1)
+        return {"lwf": self.alpha * -(target * log_p).sum(1).mean()}
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        if self.teacher is None and any(k.startswith(prefix + "teacher.") for k in state_dict):
+            host = getattr(self, "_host", None)
+            if host is None:
+                raise RuntimeError("LwF can load a teacher only once attached to a module (after setup/attach_stream)")
+            self.teacher = self._freeze(host)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
