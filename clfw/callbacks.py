@@ -8,6 +8,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
 from typing_extensions import override
 
+from clfw.datamodule import ContinualDataModule
+
 if TYPE_CHECKING:
     from clfw.module import ContinualModule
 
@@ -36,10 +38,9 @@ class ContinualProgressBar(TQDMProgressBar):
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
         dm = trainer.datamodule
-        n_tasks, per_task = getattr(dm, "n_tasks", None), getattr(dm, "epochs_per_task", None)
-        if isinstance(n_tasks, int) and isinstance(per_task, int):
-            epoch = trainer.current_epoch
-            task = min(epoch // per_task, n_tasks - 1)
+        if isinstance(dm, ContinualDataModule):
+            epoch, per_task = trainer.current_epoch, dm.epochs_per_task
+            task = dm.task_of_epoch(epoch)
             self.train_progress_bar.set_description(
-                f"Task {task} ({task + 1}/{n_tasks}), epoch {epoch % per_task + 1}/{per_task}"
+                f"Task {task} ({task + 1}/{dm.n_tasks}), epoch {epoch % per_task + 1}/{per_task}"
             )
