@@ -7,6 +7,7 @@ under DDP the result equals the single-process value. ``AccuracyMatrix`` calls i
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -106,12 +107,12 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def run_metadata(trainer: pl.Trainer, directory: str) -> dict[str, Any]:
-    """Seed, package versions, git commit (when run inside a git checkout) and the resolved CLI config if saved in
-    ``directory`` (the run directory; pass it in, since resolving it is a collective under DDP)."""
+@functools.cache
+def _process_metadata() -> tuple[dict[str, str | None], str | None]:
+    """Package versions and git commit: fixed for the process, so looked up once (not at every metrics write)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("clfw", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "timm", "jsonargparse"):
         try:
             versions[pkg] = version(pkg)
@@ -119,9 +120,16 @@ def run_metadata(trainer: pl.Trainer, directory: str) -> dict[str, Any]:
             versions[pkg] = None
     try:
         git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
-        commit = git.stdout.strip()
+        commit: str | None = git.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = None
+    return versions, commit
+
+
+def run_metadata(trainer: pl.Trainer, directory: str) -> dict[str, Any]:
+    """Seed, package versions, git commit (when run inside a git checkout) and the resolved CLI config if saved in
+    ``directory`` (the run directory; pass it in, since resolving it is a collective under DDP)."""
+    versions, commit = _process_metadata()
     config_path = os.path.join(directory, "config.yaml")
     config = None
     if os.path.exists(config_path):
@@ -130,7 +138,7 @@ def run_metadata(trainer: pl.Trainer, directory: str) -> dict[str, Any]:
     seed = os.environ.get("PL_GLOBAL_SEED")
     return {
         "seed": int(seed) if seed is not None else None,
-        "versions": versions,
+        "versions": dict(versions),
         "git_commit": commit,
         "world_size": trainer.world_size,
         "config": config,
