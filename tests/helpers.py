@@ -5,7 +5,11 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import socket
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -226,3 +230,25 @@ def assert_same_state(a: dict[str, Any], b: dict[str, Any], label: str = "") -> 
     for k in a:
         same = torch.equal(a[k], b[k]) if isinstance(a[k], Tensor) else a[k] == b[k]
         assert same, f"{label} {k}"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> str:
+    """A free TCP port on the loopback interface, for a torch.distributed rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def run_script(name: str, *args: str, cwd: Path) -> None:
+    """Runs ``tests/scripts/<name>`` in a subprocess with the repository importable; fails with its stderr if it fails.
+
+    DDP tests launch scripts this way: ``strategy="ddp"`` re-runs the command line, which would restart pytest.
+    """
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "scripts" / name), *args],
+        cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from clfw.buffers import ReservoirBuffer
+from tests.helpers import free_port, run_script
 
 
 def test_fills_in_order_then_keeps_each_sample_with_probability_m_over_n() -> None:
@@ -77,15 +74,7 @@ def test_bad_input() -> None:
 
 @pytest.mark.slow
 def test_ddp_ranks_hold_the_buffer_of_a_single_reservoir_over_the_gathered_stream(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[1]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    out = subprocess.run(
-        [sys.executable, str(root / "tests" / "scripts" / "ddp_buffer.py"), str(tmp_path), port],
-        env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
+    run_script("ddp_buffer.py", str(tmp_path), free_port(), cwd=tmp_path)
     r0, r1 = (torch.load(tmp_path / f"buffer{r}.pt") for r in (0, 1))
     for key in r0["state"]:
         assert torch.equal(r0["state"][key], r1["state"][key]), key

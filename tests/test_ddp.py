@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,23 +10,12 @@ import torch
 from clfw import ContinualEvaluation, evaluate
 from clfw.backbones import MLP
 from strategies import Naive
-from tests.helpers import TinyStream, assert_same_state
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import TinyStream, assert_same_state, run_script
 
 
 @pytest.mark.slow
 def test_ddp_two_processes(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1"}
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "scripts" / "ddp_fit.py"), str(tmp_path)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
+    run_script("ddp_fit.py", str(tmp_path), cwd=tmp_path)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
     for k in r0["state_dict"]:
@@ -67,12 +53,7 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
 def test_every_strategy_under_ddp_keeps_identical_replicas(tmp_path: Path) -> None:
     from tests.test_contract import NAMES
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "scripts" / "ddp_contract.py"), str(tmp_path)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
+    run_script("ddp_contract.py", str(tmp_path), cwd=tmp_path)
     for name in NAMES:
         r0, r1 = (torch.load(tmp_path / f"{name}_rank{r}.pt") for r in (0, 1))
         assert r0["rows"] == r1["rows"] and len(r0["rows"]) == 2, name

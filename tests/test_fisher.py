@@ -9,7 +9,7 @@ from torch.nn import functional as F  # noqa: N812
 from clfw.backbones import MLP, SmallCNN
 from clfw.fisher import diagonal_fisher
 from strategies import Naive
-from tests.helpers import TinyStream
+from tests.helpers import TinyStream, free_port, run_script
 
 
 def setup_model(backbone: torch.nn.Module) -> tuple[Naive, TinyStream]:
@@ -80,21 +80,7 @@ def test_bad_input() -> None:
 
 @pytest.mark.slow
 def test_ddp_fisher_equals_the_single_process_fisher(tmp_path) -> None:
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    out = subprocess.run(
-        [sys.executable, str(root / "tests" / "scripts" / "ddp_fisher.py"), str(tmp_path), port],
-        env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
+    run_script("ddp_fisher.py", str(tmp_path), free_port(), cwd=tmp_path)
     from tests.scripts.ddp_fisher import build
 
     model, dm = build()
