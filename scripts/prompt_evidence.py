@@ -1,36 +1,51 @@
 """Do the prompt strategies learn the stream, or only keep a frozen backbone? (issue 6's evidence; prints figures)
 
-    python scripts/prompt_evidence.py [--seeds 0 1 2] [--jobs 2]
+    python scripts/prompt_evidence.py [--pretraining letters|digits|rotations] [--seeds 0 1 2] [--jobs 2]
 
-1. Pretraining: a small timm ViT (``vit_tiny_patch16_224`` architecture at 28x28, 7x7 patches, width 64, depth 4,
-   4 heads, random init) is trained with a linear head on the offline digits 0-3 only (their 1,600 training images
-   of the offline split with seed 0; Adam 1e-3, batch 64, ``--pretrain-epochs`` epochs), and its weights (without the
-   head) are saved to ``results/prompt_evidence/vit_digits0-3.pth``. The digits 4-9 are never seen.
-2. The stream: offline Split MNIST restricted to the digits 4-9, 3 class-IL tasks of 2, 5 epochs per task, batch 32
-   (``configs/prompt_digits/base.yaml``). Methods, each from that checkpoint (``configs/prompt_digits/*.yaml``): L2P,
-   DualPrompt, CODA-Prompt, a linear probe on the frozen features and Naive fine-tuning of the whole ViT, the last two
-   with the prompt methods' current-task training mask and per-task optimizer. Each runs with the multi-seed runner.
-3. The table (final accuracy, forgetting, BWT over seeds) goes to ``docs/results_prompt_digits_table.md``.
+1. Pretraining, on classes the stream never shows, of a small timm ViT (``vit_tiny_patch16_224``'s architecture at
+   28x28: 7x7 patches, width 64, depth 4, 4 heads, random init) with a linear head; the weights without the head go
+   to ``results/prompt_evidence/vit_<pretraining>.pth``.
+   - ``letters`` (default): 48 printed letters (A-Z, a-z without O, o, I and l, which are drawn like 0 and 1) rendered
+     MNIST-style (white on black, longest side 20 px, centred by mass in 28x28) from the 22 Latin text fonts that ship
+     with matplotlib, 12 renders per letter and font with random stroke width, rotation (+-15 degrees) and width
+     (x0.8-1.2), 2,000 of them held out; random affine jitter per batch; AdamW 1e-3 (one-cycle), weight decay 0.05,
+     label smoothing 0.1, batch 64, ``--pretrain-epochs`` (20). The stream is then all ten digits: 5 tasks of 2.
+   - ``digits``: the offline digits 0-3 (1,600 images; Adam 1e-3, batch 64). The stream is the digits 4-9: 3 tasks.
+   - ``rotations``: the digits 0-3 at 0/90/180/270 degrees, 16 classes, otherwise as ``digits``.
+2. The stream: offline Split MNIST over those digits, class-IL, batch 32, 10% of each task's training images held out
+   for validation (``configs/prompt_digits/base.yaml``). Methods, each from the checkpoint
+   (``configs/prompt_digits/*.yaml``): L2P, DualPrompt, CODA-Prompt (10 components per task), a linear probe on the
+   frozen features and Naive fine-tuning of the whole ViT; the last two with the prompt methods' current-task training
+   mask and per-task optimizer (Adam).
+3. Selection, the same for every method: the learning rate (``LR_GRID``, 4 values) and the epochs per task (5 or 20)
+   with the best final validation accuracy (the mean of the last row of the validation accuracy matrix) on the first
+   seed; the test split is not looked at. ``--fixed`` skips this (each config's lr, 5 epochs per task).
+4. With the chosen setting, every seed of ``--seeds`` runs with the multi-seed runner (``clfw.seeds``); the table of
+   final test accuracy, forgetting and BWT goes to ``docs/results_prompt_<pretraining>_table.md``, the selection to
+   ``docs/results_prompt_<pretraining>_selection.md``. Finished runs are not run again, so the script resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results_split_mnist import run_all, write_tables
+from results_split_mnist import write_tables
 
 from benchmarks.mnist import MNIST_MEAN, MNIST_STD, load_mnist
 from clfw import Normalize
 from clfw.prompt import create_vit
+from clfw.seeds import run_seeds
 
-CHECKPOINT = "results/prompt_evidence/vit_digits0-3.pth"
 VIT = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=64, depth=4, num_heads=4)
 METHODS = {
     "L2P": "l2p",
@@ -39,67 +54,221 @@ METHODS = {
     "linear probe": "linear_probe",
     "Naive fine-tuning": "finetune",
 }
+LR_GRID = {config: (1e-3, 3e-3, 1e-2, 3e-2) for config in METHODS.values()} | {"finetune": (1e-5, 3e-5, 1e-4, 3e-4)}
+EPOCH_GRID = (5, 20)  # epochs per task
+FONTS = [  # matplotlib's Latin text fonts (its other files are symbols or math extensions)
+    *(f"DejaVu{f}{s}.ttf" for f in ("Sans", "SansMono") for s in ("", "-Bold", "-Oblique", "-BoldOblique")),
+    *(f"DejaVuSerif{s}.ttf" for s in ("", "-Bold", "-Italic", "-BoldItalic")),
+    *(f"STIXGeneral{s}.ttf" for s in ("", "Bol", "Italic", "BolIta")),
+    *(f"cm{s}10.ttf" for s in ("r", "b", "ss", "ti", "tt", "mi")),
+]
+LETTERS = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in "OoIl"]
+# pretraining -> the stream's digits, and the pool sizes that depend on its number of tasks
+STREAMS = {
+    "letters": ([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 5),
+    "digits": ([4, 5, 6, 7, 8, 9], 3),
+    "rotations": ([4, 5, 6, 7, 8, 9], 3),
+}
 
 
-def rotations(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image at 0, 90, 180 and 270 degrees, labelled ``4 * rotation + digit`` (16 classes for the digits 0-3)."""
-    xs = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
-    return torch.cat(xs), torch.cat([4 * k + y for k in range(4)])
+def render_letter(char: str, font: str, rng: np.random.Generator) -> np.ndarray:
+    """One MNIST-style 28x28 ``uint8`` render of ``char`` in ``font`` with random stroke, rotation and width."""
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+    img = Image.new("L", (128, 128), 0)
+    ImageDraw.Draw(img).text((32, 16), char, fill=255, font=ImageFont.truetype(font, 64))
+    if stroke := int(rng.integers(0, 4)):
+        img = img.filter(ImageFilter.MaxFilter(2 * stroke + 1))
+    img = img.rotate(float(rng.uniform(-15, 15)), resample=Image.BILINEAR)
+    img = img.crop(img.getbbox())
+    img = img.resize((max(1, int(img.width * rng.uniform(0.8, 1.2))), img.height), Image.BILINEAR)
+    scale = 20 / max(img.size)
+    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+    a = np.asarray(img, dtype=np.float32)
+    cy = (a.sum(1) * np.arange(a.shape[0])).sum() / a.sum()
+    cx = (a.sum(0) * np.arange(a.shape[1])).sum() / a.sum()
+    oy = min(max(round(14 - cy), 0), 28 - a.shape[0])
+    ox = min(max(round(14 - cx), 0), 28 - a.shape[1])
+    out = np.zeros((28, 28), np.uint8)
+    out[oy : oy + a.shape[0], ox : ox + a.shape[1]] = a.clip(0, 255)
+    return out
 
 
-def pretrain(epochs: int, checkpoint: str = CHECKPOINT, with_rotations: bool = False) -> None:
-    torch.manual_seed(0)
+def letters(renders: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """``renders`` random renders of every letter in every font: ``uint8 [N, 1, 28, 28]`` images, labels."""
+    import matplotlib
+
+    folder = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
+    rng = np.random.default_rng(0)
+    images = [
+        render_letter(c, os.path.join(folder, font), rng) for c in LETTERS for font in FONTS for _ in range(renders)
+    ]
+    labels = torch.arange(len(LETTERS)).repeat_interleave(len(FONTS) * renders)
+    return torch.from_numpy(np.stack(images)).unsqueeze(1), labels
+
+
+def jitter(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random affine per image: rotation +-0.2 rad, scale x0.9-1.1, shear +-0.15, shift +-6% of the side."""
+    n = len(x)
+    u = lambda *shape: torch.rand(*shape, generator=g) * 2 - 1  # noqa: E731
+    angle, scale, shear, shift = 0.2 * u(n), 1 + 0.1 * u(n), 0.15 * u(n), 0.12 * u(n, 2)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, shear - sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    return F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
+
+
+def pretraining_data(kind: str) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``((train_x, train_y), (test_x, test_y))`` of the pretraining, ``uint8`` images."""
+    if kind == "letters":
+        x, y = letters()
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+        return (x[perm[2000:]], y[perm[2000:]]), (x[perm[:2000]], y[perm[:2000]])
     (x, y), (xt, yt) = load_mnist("offline", "data", False, seed=0)
+    (x, y), (xt, yt) = (x[y < 4], y[y < 4]), (xt[yt < 4], yt[yt < 4])
+    if kind == "rotations":  # label 4 * rotation + digit
+        x, xt = (torch.cat([torch.rot90(a, k, dims=(2, 3)) for k in range(4)]) for a in (x, xt))
+        y, yt = (torch.cat([4 * k + b for k in range(4)]) for b in (y, yt))
+    return (x, y), (xt, yt)
+
+
+def pretrain(kind: str, epochs: int, checkpoint: str) -> None:
+    torch.manual_seed(0)
+    (x, y), (xt, yt) = pretraining_data(kind)
     norm = Normalize(MNIST_MEAN, MNIST_STD)
-    keep, keep_t = y < 4, yt < 4
-    x, y, xt, yt = norm(x[keep]), y[keep], norm(xt[keep_t]), yt[keep_t]
-    if with_rotations:
-        (x, y), (xt, yt) = rotations(x, y), rotations(xt, yt)
     vit = create_vit("vit_tiny_patch16_224", **VIT)
     head = torch.nn.Linear(64, int(y.max()) + 1)
     params = [*vit.parameters(), *head.parameters()]
-    opt = torch.optim.Adam(params, lr=1e-3)
+    if kind == "letters":
+        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=epochs * -(-len(y) // 64), pct_start=0.1)
+    else:
+        opt, sched = torch.optim.Adam(params, lr=1e-3), None
+    g = torch.Generator().manual_seed(1)
     start = time.perf_counter()
     for epoch in range(epochs):
         vit.train()
-        for idx in torch.randperm(len(y)).split(64):
-            loss = F.cross_entropy(head(vit(x[idx])), y[idx])
+        for idx in torch.randperm(len(y), generator=g).split(64):
+            xb = norm(jitter(x[idx].float(), g) if kind == "letters" else x[idx])
+            loss = F.cross_entropy(head(vit(xb)), y[idx], label_smoothing=0.1 if kind == "letters" else 0.0)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
         vit.eval()
         with torch.no_grad():
-            acc = (head(vit(xt)).argmax(1) == yt).float().mean().item()
+            acc = (head(vit(norm(xt))).argmax(1) == yt).float().mean().item()
         print(
-            f"pretraining epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, test accuracy {acc:.3f}",
-            flush=True,
+            f"pretraining epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, held-out accuracy {acc:.3f}", flush=True
         )
     os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
     torch.save(vit.state_dict(), checkpoint)
-    print(f"saved {checkpoint} ({time.perf_counter() - start:.0f} s)")
+    print(f"saved {checkpoint} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def fit_args(kind: str, config: str, checkpoint: str, setting: tuple[float, int] | None) -> list[str]:
+    classes, n_tasks = STREAMS[kind]
+    args = ["--config", "configs/prompt_digits/base.yaml", "--config", f"configs/prompt_digits/{config}.yaml"]
+    args += [f"--model.init_args.checkpoint_path={checkpoint}", f"--data.init_args.classes={classes}"]
+    args.append(f"--data.init_args.n_tasks={n_tasks}")
+    if config == "dualprompt":
+        args.append(f"--model.init_args.e_pool_size={n_tasks}")
+    if config == "coda_prompt":
+        args.append(f"--model.init_args.pool_size={10 * n_tasks}")
+    if setting is not None:
+        lr, epochs = setting
+        args += [f"--model.init_args.optimizer.init_args.lr={lr}", f"--data.init_args.epochs_per_task={epochs}"]
+    return args
+
+
+def directory(out: str, config: str, setting: tuple[float, int] | None) -> str:
+    return f"{out}/{config}" + (f"_lr{setting[0]:g}_ep{setting[1]}" if setting else "")
+
+
+def finished(out: str, seed: int) -> bool:
+    """Whether the run of ``seed`` under ``out`` has measured every task (``metrics.json`` is rewritten after each)."""
+    path = os.path.join(out, f"seed_{seed}", "metrics.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        metrics = json.load(f)
+    return metrics["tasks_completed"] == metrics["n_tasks"]
+
+
+def run_missing(seeds: list[int], out: str, args: list[str]) -> str:
+    """Runs the seeds not finished under ``out`` (an interrupted run starts again)."""
+    todo = [s for s in seeds if not finished(out, s)]
+    failed = run_seeds(todo, out, args) if todo else []
+    return f"{out}: ran seeds {todo}" + (f", failed {failed}" if failed else "")
+
+
+def validation_accuracy(out: str, seed: int) -> float:
+    """Final validation accuracy (%): the mean of the last row of the validation accuracy matrix."""
+    with open(os.path.join(out, f"seed_{seed}", "metrics.json")) as f:
+        last = json.load(f)["val_accuracy_matrix"][-1]
+    return 100 * sum(last) / len(last)
+
+
+def select(kind: str, out: str, checkpoint: str, seed: int, jobs: int) -> dict[str, tuple[float, int]]:
+    """Runs every method's (lr, epochs) grid on ``seed``; returns each method's best by final validation accuracy."""
+    grid = [(c, (lr, ep)) for c in METHODS.values() for lr in LR_GRID[c] for ep in EPOCH_GRID]
+    with ThreadPoolExecutor(jobs) as pool:
+        jobs_done = pool.map(
+            lambda g: run_missing([seed], directory(out, *g), fit_args(kind, g[0], checkpoint, g[1])), grid
+        )
+        for message in jobs_done:
+            print(message, flush=True)
+    lines = [
+        "| method | lr | " + " | ".join(f"{ep} epochs" for ep in EPOCH_GRID) + " |",
+        "|---" * (2 + len(EPOCH_GRID)) + "|",
+    ]
+    chosen = {}
+    for label, config in METHODS.items():
+        scores = {
+            (lr, ep): validation_accuracy(directory(out, config, (lr, ep)), seed)
+            for lr in LR_GRID[config]
+            for ep in EPOCH_GRID
+        }
+        chosen[config] = max(scores, key=scores.get)
+        for lr in LR_GRID[config]:
+            cells = [
+                f"**{scores[lr, ep]:.1f}**" if (lr, ep) == chosen[config] else f"{scores[lr, ep]:.1f}"
+                for ep in EPOCH_GRID
+            ]
+            lines.append(f"| {label} | {lr:g} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    with open(f"docs/results_prompt_{kind}_selection.md", "w") as f:
+        f.write(f"Final validation accuracy (%, seed {seed}); in bold the setting chosen per method\n\n{table}\n")
+    print(table)
+    return chosen
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pretraining", choices=list(STREAMS), default="letters")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--pretrain-epochs", type=int, default=15)
-    parser.add_argument(
-        "--rotations", action="store_true", help="pretrain on the digits 0-3 x 4 rotations (16 classes) instead"
-    )
-    parser.add_argument("--out", default="results/prompt_evidence")
-    parser.add_argument("--table", default="docs/results_prompt_digits_table.md")
+    parser.add_argument("--pretrain-epochs", type=int, default=None, help="default: 20 for letters, 15 otherwise")
+    parser.add_argument("--fixed", action="store_true", help="each config's lr and 5 epochs per task, no selection")
+    parser.add_argument("--out", default=None, help="default: results/prompt_<pretraining>")
     args = parser.parse_args()
-    checkpoint = CHECKPOINT.replace(".pth", "-rotations.pth") if args.rotations else CHECKPOINT
+    kind, out = args.pretraining, args.out or f"results/prompt_{args.pretraining}"
+    if args.jobs > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"  # the runs share the cores
+    checkpoint = f"results/prompt_evidence/vit_{kind}.pth"
     if not os.path.exists(checkpoint):
-        pretrain(args.pretrain_epochs, checkpoint, args.rotations)
-    runs = []
-    for label, config in METHODS.items():
-        fit_args = ["--config", "configs/prompt_digits/base.yaml", "--config", f"configs/prompt_digits/{config}.yaml"]
-        fit_args.append(f"--model.init_args.checkpoint_path={checkpoint}")
-        runs.append(("class", label, os.path.join(args.out, config), fit_args))
-    run_all(runs, args.seeds, args.jobs)
-    write_tables(args.out, runs, args.table)
+        pretrain(kind, args.pretrain_epochs or (20 if kind == "letters" else 15), checkpoint)
+    chosen = (
+        {c: None for c in METHODS.values()} if args.fixed else select(kind, out, checkpoint, args.seeds[0], args.jobs)
+    )
+    runs = [
+        ("class", label, directory(out, config, chosen[config]), fit_args(kind, config, checkpoint, chosen[config]))
+        for label, config in METHODS.items()
+    ]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for message in pool.map(lambda r: run_missing(args.seeds, r[2], r[3]), runs):
+            print(message, flush=True)
+    write_tables(out, runs, f"docs/results_prompt_{kind}_table.md", columns=("ACC", "forgetting", "BWT"))
 
 
 if __name__ == "__main__":

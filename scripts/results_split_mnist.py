@@ -109,27 +109,29 @@ def cell(stats: dict[str, float | int | None]) -> str:
     return f"{stats['mean']:.1f}" + (f" ± {stats['std']:.1f}" if stats["std"] is not None else "")
 
 
-def tables(out: str, runs: list[tuple[str, str, str, list[str]]]) -> str:
+def tables(out: str, runs: list[tuple[str, str, str, list[str]]], columns: tuple[str, ...] = COLUMNS) -> str:
     parts = []
     for scenario in dict.fromkeys(s for s, *_ in runs):
-        lines = [f"### {scenario}-incremental", "", "| strategy (memory) | seeds | " + " | ".join(COLUMNS) + " |"]
-        lines.append("|" + "---|" * (len(COLUMNS) + 2))
+        lines = [f"### {scenario}-incremental", "", "| strategy (memory) | seeds | " + " | ".join(columns) + " |"]
+        lines.append("|" + "---|" * (len(columns) + 2))
         for s, row, directory, _ in runs:
             if s != scenario:
                 continue
             found = load_runs(directory)
             if not found:
-                lines.append(f"| {row} | 0 | " + " | ".join("not run" for _ in COLUMNS) + " |")
+                lines.append(f"| {row} | 0 | " + " | ".join("not run" for _ in columns) + " |")
                 continue
             stats = aggregate(found)
-            lines.append(f"| {row} | {len(found)} | " + " | ".join(cell(stats[c]) for c in COLUMNS) + " |")
+            lines.append(f"| {row} | {len(found)} | " + " | ".join(cell(stats[c]) for c in columns) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
 
-def write_tables(out: str, runs: list[tuple[str, str, str, list[str]]], path: str) -> None:
+def write_tables(
+    out: str, runs: list[tuple[str, str, str, list[str]]], path: str, columns: tuple[str, ...] = COLUMNS
+) -> None:
     """Tabulates the runs under ``out`` into ``path`` (markdown) and prints the tables."""
-    text = tables(out, runs)
+    text = tables(out, runs, columns)
     with open(path, "w") as f:
         f.write(text + "\n")
     print(text)
