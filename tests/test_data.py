@@ -165,3 +165,39 @@ def test_task_loader_with_workers_matches_main_process() -> None:
     a = [b.x.flatten().tolist() for b in TaskLoader(data, order, 6)]
     b = [b.x.flatten().tolist() for b in TaskLoader(data, order, 6, num_workers=1)]
     assert a == b
+
+
+def test_on_an_accelerator_the_training_transform_runs_after_the_transfer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an accelerator the loader yields the stored ``uint8`` inputs and ``on_after_batch_transfer`` transforms
+    them on the device; training is then the same as on the CPU path. Checked here by declaring the CPU an
+    accelerator (``tests/scripts/accelerator_smoke.py`` runs the real thing on a GPU)."""
+    from clfw import Batch
+    from clfw.backbones import MLP
+    from clfw.datamodule import ContinualDataModule
+    from strategies import Naive
+    from tests.helpers import TinyStream, assert_same_state, fit, snapshot
+
+    transfer = ContinualDataModule.on_after_batch_transfer
+
+    def run(on_device: bool) -> tuple[dict, set, set]:
+        arrived, trained = set(), set()
+
+        def spy(self, batch, dataloader_idx):  # what the loader delivered, then what the module gets
+            out = transfer(self, batch, dataloader_idx)
+            if self.trainer.training:
+                arrived.add(Batch(*batch).x.dtype)
+                trained.add(Batch(*out).x.dtype)
+            return out
+
+        monkeypatch.setattr(ContinualDataModule, "_transform_on_device", lambda self: on_device)
+        monkeypatch.setattr(ContinualDataModule, "on_after_batch_transfer", spy)
+        torch.manual_seed(0)
+        module = Naive(backbone=MLP(in_features=16, hidden=(8,)))
+        fit(module, TinyStream(n_tasks=2, batch_size=8, epochs_per_task=2))
+        return snapshot(module), arrived, trained
+
+    on_cpu, arrived_cpu, trained_cpu = run(False)
+    on_device, arrived_device, trained_device = run(True)
+    assert arrived_cpu == trained_cpu == {torch.float32}, "the CPU loader normalises"
+    assert arrived_device == {torch.uint8} and trained_device == {torch.float32}, "raw in, normalised on the device"
+    assert_same_state(on_cpu, on_device, "device-side transform")
