@@ -30,7 +30,8 @@ class CODAPrompt(PromptModule):
         pool_size: Components per layer M (100), split evenly across the stream's tasks.
         prompt_length: Length of each component (8: 4 key and 4 value prefixes).
         layers: Blocks that get prompts (0-4).
-        ortho_weight: Weight of the orthogonality penalty (the paper's mu; 0 disables it).
+        ortho_weight: Weight of the orthogonality penalty (0 disables it, as the official configs do). The official
+            code scales its penalty by a further 1e-6, so its ``mu`` corresponds to ``ortho_weight = mu * 1e-6``.
         **kwargs: Arguments of :class:`~clfw.prompt.PromptModule` (vit, pretrained, checkpoint_path, optimizer ...).
     """
 
