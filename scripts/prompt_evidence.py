@@ -32,19 +32,17 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results_split_mnist import write_tables
+from results_split_mnist import run_all, write_tables
 
 from benchmarks.mnist import MNIST_MEAN, MNIST_STD, load_mnist
 from clfw import Normalize
 from clfw.prompt import create_vit
-from clfw.seeds import run_seeds
 
 VIT = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=64, depth=4, num_heads=4)
 METHODS = {
@@ -185,23 +183,6 @@ def directory(out: str, config: str, setting: tuple[float, int] | None) -> str:
     return f"{out}/{config}" + (f"_lr{setting[0]:g}_ep{setting[1]}" if setting else "")
 
 
-def finished(out: str, seed: int) -> bool:
-    """Whether the run of ``seed`` under ``out`` has measured every task (``metrics.json`` is rewritten after each)."""
-    path = os.path.join(out, f"seed_{seed}", "metrics.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        metrics = json.load(f)
-    return metrics["tasks_completed"] == metrics["n_tasks"]
-
-
-def run_missing(seeds: list[int], out: str, args: list[str]) -> str:
-    """Runs the seeds not finished under ``out`` (an interrupted run starts again)."""
-    todo = [s for s in seeds if not finished(out, s)]
-    failed = run_seeds(todo, out, args) if todo else []
-    return f"{out}: ran seeds {todo}" + (f", failed {failed}" if failed else "")
-
-
 def validation_accuracy(out: str, seed: int) -> float:
     """Final validation accuracy (%): the mean of the last row of the validation accuracy matrix."""
     with open(os.path.join(out, f"seed_{seed}", "metrics.json")) as f:
@@ -212,12 +193,7 @@ def validation_accuracy(out: str, seed: int) -> float:
 def select(kind: str, out: str, checkpoint: str, seed: int, jobs: int) -> dict[str, tuple[float, int]]:
     """Runs every method's (lr, epochs) grid on ``seed``; returns each method's best by final validation accuracy."""
     grid = [(c, (lr, ep)) for c in METHODS.values() for lr in LR_GRID[c] for ep in EPOCH_GRID]
-    with ThreadPoolExecutor(jobs) as pool:
-        jobs_done = pool.map(
-            lambda g: run_missing([seed], directory(out, *g), fit_args(kind, g[0], checkpoint, g[1])), grid
-        )
-        for message in jobs_done:
-            print(message, flush=True)
+    run_all([("class", c, directory(out, c, s), fit_args(kind, c, checkpoint, s)) for c, s in grid], [seed], jobs)
     lines = [
         "| method | lr | " + " | ".join(f"{ep} epochs" for ep in EPOCH_GRID) + " |",
         "|---" * (2 + len(EPOCH_GRID)) + "|",
@@ -265,9 +241,7 @@ def main() -> None:
         ("class", label, directory(out, config, chosen[config]), fit_args(kind, config, checkpoint, chosen[config]))
         for label, config in METHODS.items()
     ]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for message in pool.map(lambda r: run_missing(args.seeds, r[2], r[3]), runs):
-            print(message, flush=True)
+    run_all(runs, args.seeds, args.jobs)
     write_tables(out, runs, f"docs/results_prompt_{kind}_table.md", columns=("ACC", "forgetting", "BWT"))
 
 

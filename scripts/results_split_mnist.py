@@ -12,7 +12,7 @@ to see whether Naive forgets more with longer training.
 Each row is one ``clfw-seeds`` run (``configs/trainer/cpu.yaml`` + ``configs/data/split_mnist.yaml`` + the strategy's
 ``configs/model/*.yaml``: MLP 2x400, Adam lr 1e-3 except GDumb's SGD recipe, batch 32, 2 epochs per task,
 per-iteration evaluation for min-ACC), in class-IL and task-IL, with memories of 500 and of 50 samples for the replay
-strategies. A configuration whose ``summary.json`` exists is not run again, so the script resumes where it stopped.
+strategies. A seed whose run measured every task is not run again, so the script resumes where it stopped.
 The tables are generated from the runs' ``metrics.json`` into ``docs/results_split_mnist.md``.
 """
 
@@ -87,13 +87,24 @@ def long_configurations(out: str) -> list[tuple[str, str, str, list[str]]]:
     return runs
 
 
+def finished(directory: str, seed: int) -> bool:
+    """Whether the run of ``seed`` under ``directory`` measured every task (``metrics.json`` is rewritten each task)."""
+    path = os.path.join(directory, f"seed_{seed}", "metrics.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        metrics = json.load(f)
+    return metrics["tasks_completed"] == metrics["n_tasks"]
+
+
 def run(seeds: list[int], directory: str, args: list[str]) -> str:
-    summary = os.path.join(directory, "summary.json")
-    if os.path.exists(summary) and not json.load(open(summary))["failed"]:
+    """Runs, with ``clfw.seeds``, the seeds not finished under ``directory`` (an interrupted run starts again)."""
+    todo = [s for s in seeds if not finished(directory, s)]
+    if not todo:
         return f"{directory}: done before"
-    cmd = [sys.executable, "-m", "clfw.seeds", "--seeds", *map(str, seeds), "--out", directory, "--", *args]
+    cmd = [sys.executable, "-m", "clfw.seeds", "--seeds", *map(str, todo), "--out", directory, "--", *args]
     code = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT).returncode
-    return f"{directory}: exit {code}"
+    return f"{directory}: seeds {todo}, exit {code}"
 
 
 def run_all(runs: list[tuple[str, str, str, list[str]]], seeds: list[int], jobs: int) -> None:
