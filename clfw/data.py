@@ -320,7 +320,10 @@ class RandomCropFlip(nn.Module):
     """Batch augmentation: a random ``H x W`` crop of the input zero-padded by ``padding`` on each side, then a
     horizontal flip with probability 1/2, drawn independently per sample (torchvision's ``RandomCrop(size,
     padding)`` + ``RandomHorizontalFlip()``, as the CIFAR streams of DER/Mammoth use). Works on ``uint8`` images; its
-    draws come from the global generator on the input's device, which clfw's checkpoints restore.
+    draws come from the global generator on the input's device. In the training loader (CPU) that generator is seeded
+    per batch from the data seed, epoch, rank and batch index (:class:`~clfw.loaders.TaskLoader`); elsewhere (replay,
+    on-device augmentation) it is the process's own stream, seeded by ``seed_everything`` and restored by clfw's
+    checkpoints.
 
     Args:
         padding: Zero padding on each side before cropping back to the input's size.

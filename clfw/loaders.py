@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,11 +11,25 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from clfw.data import Batch, BatchTransform, TaskData
+from clfw.seeding import derived_generator
 
 
 def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
     """A generator determined by ``(seed, epoch, salt)`` alone, so every rank and every resumed run draws the same."""
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + salt)
+
+
+def order_key(order: Tensor) -> int:
+    """A 62-bit digest of an epoch's serving order, which the datamodule draws from ``(data seed, epoch)``.
+
+    It keys the training loader's per-batch augmentation generators, so they follow the data seed without the loader
+    being told it. Equal orders give equal keys on every rank, process and machine.
+
+    >>> order_key(torch.tensor([2, 0, 1])) == order_key(torch.tensor([2, 0, 1])) != order_key(torch.tensor([0, 2, 1]))
+    True
+    """
+    digest = hashlib.blake2b(order.to(torch.int64).contiguous().numpy().tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
 
 
 def shard(order: Tensor, rank: int, world_size: int, pad: bool) -> Tensor:
@@ -36,16 +51,27 @@ def shard(order: Tensor, rank: int, world_size: int, pad: bool) -> Tensor:
 
 
 class _Batches(Dataset):
-    """Map-style dataset whose items are whole batches, so workers gather and transform a batch at a time."""
+    """Map-style dataset whose items are whole batches, so workers gather and transform a batch at a time.
 
-    def __init__(self, data: TaskData, batches: list[Tensor], transform: BatchTransform | None) -> None:
-        self.data, self.batches, self.transform = data, batches, transform
+    Item ``i`` is batch ``first + i`` of the epoch. Its transform runs with the global CPU generator set to a state
+    derived from ``(key, first + i)`` and restored afterwards, so its random draws (crops, flips) depend on the batch
+    alone: not on the process that transforms it, on what that process drew before, or on where a resume started.
+    """
+
+    def __init__(
+        self, data: TaskData, batches: list[Tensor], transform: BatchTransform | None, key: tuple[int, ...], first: int
+    ) -> None:
+        self.data, self.batches, self.transform, self.key, self.first = data, batches, transform, key, first
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> Batch:
-        return self.data.batch(self.batches[i], self.transform)
+        if self.transform is None:
+            return self.data.batch(self.batches[i])
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.set_state(derived_generator(*self.key, self.first + i).get_state())
+            return self.data.batch(self.batches[i], self.transform)
 
 
 class TaskLoader:
@@ -56,6 +82,11 @@ class TaskLoader:
     it in the checkpoint and hands it back through ``load_state_dict()`` on resume, so the next ``__iter__`` skips
     exactly the batches the interrupted run had already trained on. It is deliberately not a ``DataLoader``
     subclass, so Lightning does not replace its sampler under DDP: sharding is done here.
+
+    The transform of batch ``b`` (augmentation) runs with the global CPU generator seeded from ``(order_key(order),
+    epoch, rank, b)`` and restored afterwards, and worker processes get their own generator. So the batches, and the
+    global generator that the model draws from (dropout), are the same with any ``num_workers`` and after a resume.
+    Transforms should draw from torch's global CPU generator (NumPy's and Python's are not seeded per batch).
 
     Args:
         data: The samples to serve.
@@ -87,6 +118,7 @@ class TaskLoader:
         mine = shard(order, rank, world_size, pad=True)
         n = len(mine) // batch_size if drop_last else -(-len(mine) // batch_size)
         self.batches = [mine[i * batch_size : (i + 1) * batch_size] for i in range(n)]
+        self._key = (order_key(order), epoch, rank)
         self._served = 0
         self._resume_from = 0
 
@@ -96,10 +128,16 @@ class TaskLoader:
     def __iter__(self) -> Iterator[Batch]:
         start, self._resume_from = self._resume_from, 0
         self._served = start
-        dataset = _Batches(self.data, self.batches[start:], self.transform)
+        dataset = _Batches(self.data, self.batches[start:], self.transform, self._key, start)
         if self.num_workers > 0:
+            # its own generator: the workers' base seed would otherwise be drawn from the global one (shifting dropout)
             source: Any = DataLoader(
-                dataset, batch_size=None, shuffle=False, num_workers=self.num_workers, persistent_workers=False
+                dataset,
+                batch_size=None,
+                shuffle=False,
+                num_workers=self.num_workers,
+                persistent_workers=False,
+                generator=derived_generator(*self._key, start, 1),
             )
         else:
             source = (dataset[i] for i in range(len(dataset)))

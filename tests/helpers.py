@@ -261,3 +261,33 @@ def tiny_vit(depth: int = 3, embed_dim: int = 16) -> torch.nn.Module:
     return create_vit(
         "vit_tiny_patch16_224", img_size=4, patch_size=2, in_chans=1, embed_dim=embed_dim, depth=depth, num_heads=2
     )
+
+
+def write_cifar(root: Path, name: str, per_class: int) -> None:
+    """Small CIFAR files in the standard python format (pickled dicts of uint8 rows and labels).
+
+    Every file (the five training batches and the test batch of CIFAR-10, or CIFAR-100's ``train`` and ``test``) holds
+    ``per_class`` images of every class, so a CIFAR-10 training split has ``5 * per_class`` images per class.
+
+    Args:
+        root: Directory that receives ``cifar-10-batches-py/`` or ``cifar-100-python/`` (created; must not exist).
+        name: ``"cifar10"`` or ``"cifar100"``.
+        per_class: Images per class in each file.
+    """
+    import pickle
+
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    classes, folder, key = (
+        (10, "cifar-10-batches-py", b"labels") if name == "cifar10" else (100, "cifar-100-python", b"fine_labels")
+    )
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if name == "cifar10" else ["train", "test"]
+    (root / folder).mkdir(parents=True)
+    for f in files:
+        labels = np.repeat(np.arange(classes), per_class)
+        # class c's images are brighter in channel c % 3, so a model can learn them
+        data = g.integers(0, 100, (len(labels), 3, 32, 32), dtype=np.uint8)
+        data[np.arange(len(labels)), labels % 3] += (50 + labels * (100 // classes)).astype(np.uint8)[:, None, None]
+        with open(root / folder / f, "wb") as fh:
+            pickle.dump({b"data": data.reshape(len(labels), -1), key: labels.tolist()}, fh)

@@ -13,24 +13,7 @@ import torch
 
 from benchmarks import SplitCIFAR10, SplitCIFAR100
 from clfw import RandomCropFlip
-from tests.helpers import ROOT
-
-
-def write_cifar(root: Path, name: str, per_class: int) -> None:
-    """Small CIFAR files in the standard python format (pickled dicts of uint8 rows and labels)."""
-    g = np.random.default_rng(0)
-    classes, folder, key = (
-        (10, "cifar-10-batches-py", b"labels") if name == "cifar10" else (100, "cifar-100-python", b"fine_labels")
-    )
-    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if name == "cifar10" else ["train", "test"]
-    (root / folder).mkdir(parents=True)
-    for f in files:
-        labels = np.repeat(np.arange(classes), per_class)
-        # class c's images are brighter in channel c % 3, so a model can learn them
-        data = g.integers(0, 100, (len(labels), 3, 32, 32), dtype=np.uint8)
-        data[np.arange(len(labels)), labels % 3] += (50 + labels * (100 // classes)).astype(np.uint8)[:, None, None]
-        with open(root / folder / f, "wb") as fh:
-            pickle.dump({b"data": data.reshape(len(labels), -1), key: labels.tolist()}, fh)
+from tests.helpers import ROOT, write_cifar
 
 
 def test_split_cifar10_reads_the_python_format(tmp_path: Path) -> None:
