@@ -18,7 +18,8 @@ def accuracy_matrix_figure(R: Sequence[Sequence[float]], initial: Sequence[float
     rows = ([list(initial)] if initial is not None else []) + [list(r) for r in R]
     labels = (["init"] if initial is not None else []) + [str(i) for i in range(len(R))]
     n_cols = len(rows[0]) if rows else 0
-    fig = Figure(figsize=(1.0 + 0.8 * n_cols, 1.0 + 0.6 * len(rows)))
+    # at least title-wide and two rows high: a one-task stream has a single column
+    fig = Figure(figsize=(max(3.6, 1.0 + 0.8 * n_cols), max(2.4, 1.0 + 0.6 * len(rows))))
     ax = fig.add_subplot()
     values = [[float("nan") if a is None else 100 * a for a in row] for row in rows]
     image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis")

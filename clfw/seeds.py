@@ -6,18 +6,25 @@
 Each seed runs ``clfw fit <args> --seed_everything S --data.seed S`` in a subprocess, with a CSV logger writing to
 ``OUT/seed_S/`` (so ``metrics.json`` lands there) and the output in ``OUT/seed_S.log``. The table is generated from
 those files, never typed: ``OUT/summary.md`` and ``OUT/summary.json``.
+
+Only finished runs are averaged: a seed whose run failed, whose ``metrics.json`` is missing, measured fewer than
+``n_tasks`` tasks, or has no ACC is excluded and named (printed, under the table, and in ``summary.json``). Running
+seeds averages the seeds of that call only; other ``seed_*`` directories under ``OUT`` are ignored (and said to be).
+Runs whose saved configurations differ other than by seed and per-run paths are refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import glob
 import json
 import math
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 # (label, path into metrics.json), in table order
@@ -30,6 +37,76 @@ COLUMNS: list[tuple[str, tuple[str, ...]]] = [
     ("WC-ACC", ("continual", "last", "wc_acc")),
 ]
 
+# Config keys (glob patterns over dotted keys, see config_differences) allowed to differ between the seeds of one row:
+# the seeds themselves, and paths that are per run by construction (logger, run and checkpoint directories).
+SEED_KEYS: tuple[str, ...] = ("seed_everything", "data.init_args.seed", "data.seed")
+PER_RUN_KEYS: tuple[str, ...] = (
+    "trainer.logger",
+    "trainer.default_root_dir",
+    "trainer.callbacks.*.init_args.*path",
+    "ckpt_path",
+)
+
+
+class _Absent:
+    """Marks a key that one of two configurations lacks."""
+
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+ABSENT = _Absent()
+
+
+def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config (dicts and lists) as ``{dotted key: leaf value}``; list items are keyed by their index.
+
+    Empty dicts and lists are leaves, so ``{}`` and ``[]`` stay distinct from an absent key.
+
+    >>> flatten_config({"a": {"b": 1, "c": [2, {"d": None}]}, "e": {}})
+    {'a.b': 1, 'a.c.0': 2, 'a.c.1.d': None, 'e': {}}
+    """
+    if isinstance(config, dict) and config:
+        items: Iterable[tuple[Any, Any]] = config.items()
+    elif isinstance(config, list) and config:
+        items = enumerate(config)
+    else:
+        return {prefix: config}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _ignored(key: str, patterns: Sequence[str]) -> bool:
+    parts = key.split(".")
+    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatch.fnmatchcase(p, pattern) for p in prefixes for pattern in patterns)
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
+    """The leaves where two nested configs differ, as sorted ``(dotted key, value in a, value in b)``.
+
+    A key missing on one side has the value ``ABSENT`` there. ``ignore`` holds glob patterns (:mod:`fnmatch`, where
+    ``*`` also matches dots) over dotted keys; a key is ignored when it or one of its dotted prefixes matches, so
+    ``"trainer.logger"`` ignores the whole logger subtree.
+
+    >>> a = {"seed_everything": 0, "model": {"lr": 0.1, "hidden": [8, 8]}, "trainer": {"logger": False}}
+    >>> b = {"seed_everything": 1, "model": {"lr": 0.01, "hidden": [8]}, "trainer": {"logger": {"version": 1}}}
+    >>> config_differences(a, b, ignore=["seed_everything", "trainer.logger"])
+    [('model.hidden.1', 8, <absent>), ('model.lr', 0.1, 0.01)]
+    >>> config_differences(a, a)
+    []
+    """
+    patterns = list(ignore)
+    flat_a, flat_b = flatten_config(a), flatten_config(b)
+    out = []
+    for key in sorted(flat_a.keys() | flat_b.keys()):
+        va, vb = flat_a.get(key, ABSENT), flat_b.get(key, ABSENT)
+        if va != vb and not _ignored(key, patterns):
+            out.append((key, va, vb))
+    return out
+
 
 def _get(data: dict[str, Any], path: tuple[str, ...]) -> float | None:
     for key in path:
@@ -37,6 +114,131 @@ def _get(data: dict[str, Any], path: tuple[str, ...]) -> float | None:
             return None
         data = data[key]
     return float(data)  # type: ignore[arg-type]
+
+
+def run_problem(metrics: dict[str, Any] | None) -> str | None:
+    """Why a run's ``metrics.json`` content cannot be averaged, or ``None`` if it can.
+
+    >>> run_problem({"n_tasks": 5, "tasks_completed": 2, "summary": {"average_accuracy": 0.4}})
+    'finished 2 of 5 tasks'
+    >>> run_problem({"n_tasks": 1, "tasks_completed": 1, "summary": {"average_accuracy": float("nan")}})
+    'ACC is NaN or missing'
+    >>> run_problem({"n_tasks": 1, "tasks_completed": 1, "summary": {"average_accuracy": 0.9}}) is None
+    True
+    """
+    if metrics is None:
+        return "no metrics.json"
+    if not isinstance(metrics, dict):
+        return f"metrics.json holds a {type(metrics).__name__}, not an object"
+    n_tasks, done = metrics.get("n_tasks"), metrics.get("tasks_completed")
+    if not isinstance(n_tasks, int) or not isinstance(done, int):
+        return "metrics.json has no accuracy matrix (n_tasks, tasks_completed)"
+    if done < n_tasks:
+        return f"finished {done} of {n_tasks} tasks"
+    acc = _get(metrics, ("summary", "average_accuracy"))
+    if acc is None or math.isnan(acc):
+        return "ACC is NaN or missing"
+    return None
+
+
+@dataclass
+class SeedRuns:
+    """The seed directories of one result directory, sorted into those averaged and those not.
+
+    Attributes:
+        directory: The result directory.
+        runs: ``metrics.json`` of each averaged seed, by directory name (``seed_S``).
+        excluded: Why each excluded seed is not averaged, by directory name.
+        ignored: ``seed_*`` directories left out because they are not among the requested seeds (an earlier call's).
+        unchecked: Averaged seeds whose ``metrics.json`` holds no configuration (``run.config``), so not compared.
+    """
+
+    directory: str
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """One line per excluded seed, one for the ignored directories and one for the seeds not compared."""
+        lines = [f"{self.directory}: excluded {name}: {why}" for name, why in self.excluded.items()]
+        if self.ignored:
+            lines.append(f"{self.directory}: ignored {', '.join(self.ignored)} (not among the seeds of this call)")
+        if self.unchecked:
+            lines.append(
+                f"{self.directory}: no saved configuration (run.config) in {', '.join(self.unchecked)}: "
+                "not checked against the other seeds"
+            )
+        return lines
+
+
+def _seed_key(name: str) -> tuple[int, int | str]:
+    tail = name.removeprefix("seed_")
+    return (0, int(tail)) if tail.lstrip("-").isdigit() else (1, tail)
+
+
+def collect_runs(directory: str, seeds: Sequence[int] | None = None, failed: dict[int, str] | None = None) -> SeedRuns:
+    """Reads ``directory/seed_*/metrics.json``, excludes the runs that cannot be averaged (:func:`run_problem`) and
+    checks that the averaged ones share one configuration.
+
+    Args:
+        directory: The result directory (``OUT`` of ``clfw-seeds``).
+        seeds: Only these seeds (``seed_S``); other ``seed_*`` directories are listed as ignored. ``None``: all.
+        failed: Seeds known to have failed, with the reason; they are excluded whatever their ``metrics.json`` says.
+
+    Raises:
+        ValueError: Two averaged runs' ``run.config`` differ in a key other than the seeds and per-run paths
+            (``SEED_KEYS``, ``PER_RUN_KEYS``). Runs without a saved config are not compared.
+    """
+    found = {os.path.basename(p) for p in glob.glob(os.path.join(directory, "seed_*")) if os.path.isdir(p)}
+    result = SeedRuns(directory)
+    if seeds is not None:
+        wanted = [f"seed_{s}" for s in dict.fromkeys(seeds)]
+        result.ignored = sorted(found - set(wanted), key=_seed_key)
+    else:
+        wanted = sorted(found, key=_seed_key)
+    failed = failed or {}
+    for name in wanted:
+        seed = _seed_key(name)[1]
+        if isinstance(seed, int) and seed in failed:
+            result.excluded[name] = failed[seed]
+            continue
+        path = os.path.join(directory, name, "metrics.json")
+        metrics = None
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    metrics = json.load(f)
+            except (OSError, ValueError) as err:
+                result.excluded[name] = f"unreadable metrics.json ({err})"
+                continue
+        problem = run_problem(metrics)
+        if problem is None and metrics is not None:
+            result.runs[name] = metrics
+        else:
+            result.excluded[name] = problem or "no metrics.json"
+    configs = [(name, (m.get("run") or {}).get("config")) for name, m in result.runs.items()]
+    result.unchecked = [name for name, c in configs if not isinstance(c, dict)]
+    configs = [(name, c) for name, c in configs if isinstance(c, dict)]
+    for name, config in configs[1:]:
+        diffs = config_differences(configs[0][1], config, (*SEED_KEYS, *PER_RUN_KEYS))
+        if diffs:
+            key, a, b = diffs[0]
+            more = f" (and {len(diffs) - 1} more keys)" if len(diffs) > 1 else ""
+            raise ValueError(
+                f"{directory}: {configs[0][0]} and {name} differ in {key}: {a!r} vs {b!r}{more}; "
+                "the runs of one row must differ only by seed"
+            )
+    return result
+
+
+def load_runs(directory: str, seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """The ``metrics.json`` of every seed under ``directory`` that can be averaged (see :func:`collect_runs`, which
+    also raises ``ValueError`` on differing configurations); excluded and ignored seeds are printed."""
+    runs = collect_runs(directory, seeds)
+    for line in runs.notes():
+        print(f"[clfw-seeds] {line}", flush=True)
+    return list(runs.runs.values())
 
 
 def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
@@ -57,13 +259,19 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int
     return out
 
 
-def markdown_table(rows: dict[str, dict[str, dict[str, float | int | None]]]) -> str:
-    """One row per label; cells ``mean ± std`` in percent (``n/a`` when not measured).
+def markdown_table(
+    rows: dict[str, dict[str, dict[str, float | int | None]]], excluded: dict[str, dict[str, str]] | None = None
+) -> str:
+    """One row per label; cells ``mean ± std`` in percent (``n/a`` when not measured). ``seeds`` is the number of runs
+    averaged (those with an ACC); the seeds in ``excluded`` (row label -> seed -> reason) are listed under the table.
 
-    >>> print(markdown_table({"Naive": aggregate([{"summary": {"average_accuracy": 0.2}}])}))
+    >>> print(markdown_table({"Naive": aggregate([{"summary": {"average_accuracy": 0.2}}])},
+    ...                      {"Naive": {"seed_3": "finished 2 of 5 tasks"}}))
     | run | seeds | ACC | forgetting | BWT | FWT | min-ACC | WC-ACC |
     |---|---|---|---|---|---|---|---|
     | Naive | 1 | 20.0 | n/a | n/a | n/a | n/a | n/a |
+    <BLANKLINE>
+    Not averaged: Naive: seed_3 (finished 2 of 5 tasks).
     """
     head = ["run", "seeds", *(label for label, _ in COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -75,25 +283,28 @@ def markdown_table(rows: dict[str, dict[str, dict[str, float | int | None]]]) ->
                 cells.append("n/a")
             else:
                 cells.append(f"{s['mean']:.1f}" + (f" ± {s['std']:.1f}" if s["std"] is not None else ""))
-        n = max((int(s["n"] or 0) for s in stats.values()), default=0)
-        lines.append("| " + " | ".join([name, str(n), *cells]) + " |")
+        lines.append("| " + " | ".join([name, str(stats["ACC"]["n"]), *cells]) + " |")
+    notes = [
+        f"{name}: " + ", ".join(f"{seed} ({why})" for seed, why in seeds.items())
+        for name, seeds in (excluded or {}).items()
+        if seeds
+    ]
+    if notes:
+        lines += ["", "Not averaged: " + "; ".join(notes) + "."]
     return "\n".join(lines)
 
 
-def load_runs(directory: str) -> list[dict[str, Any]]:
-    """The ``metrics.json`` of every seed under ``directory`` (``seed_*/metrics.json``)."""
-    runs = []
-    for path in sorted(glob.glob(os.path.join(directory, "seed_*", "metrics.json"))):
-        with open(path) as f:
-            runs.append(json.load(f))
-    return runs
+def run_seeds(seeds: Sequence[int], out: str, fit_args: Sequence[str]) -> dict[int, str]:
+    """Runs ``clfw fit`` once per seed; returns the seeds that failed, with the reason.
 
-
-def run_seeds(seeds: Sequence[int], out: str, fit_args: Sequence[str]) -> list[int]:
-    """Runs ``clfw fit`` once per seed; returns the seeds that failed."""
+    A seed's earlier ``metrics.json`` is removed first, so a run that dies before writing its own leaves none behind.
+    """
     os.makedirs(out, exist_ok=True)
-    failed = []
+    failed = {}
     for seed in seeds:
+        for stale in ("metrics.json", "metrics.json.tmp"):
+            if os.path.exists(path := os.path.join(out, f"seed_{seed}", stale)):
+                os.remove(path)
         cmd = [
             sys.executable, "-m", "clfw", "fit", *fit_args,
             f"--seed_everything={seed}", f"--data.seed={seed}",
@@ -105,12 +316,16 @@ def run_seeds(seeds: Sequence[int], out: str, fit_args: Sequence[str]) -> list[i
             code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
         if code != 0:
             print(f"[clfw-seeds] seed {seed} failed (exit {code}); see {out}/seed_{seed}.log", flush=True)
-            failed.append(seed)
+            failed[seed] = f"run failed (exit {code}), see seed_{seed}.log"
     return failed
 
 
+def _name(directory: str) -> str:
+    return os.path.basename(os.path.normpath(directory))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``clfw-seeds``."""
+    """Entry point of ``clfw-seeds``. Returns 0, 1 when a seed of this call is not averaged, 2 on refusal."""
     argv = list(sys.argv[1:] if argv is None else argv)
     fit_args: list[str] = []
     if "--" in argv:
@@ -122,30 +337,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--aggregate", nargs="+", metavar="DIR", help="tabulate existing result directories")
     parser.add_argument("--table", help="also write the aggregated table (markdown) to this file")
     args = parser.parse_args(argv)
-    if args.aggregate:
-        rows = {os.path.basename(os.path.normpath(d)): aggregate(load_runs(d)) for d in args.aggregate}
-        empty = [name for name, stats in rows.items() if stats["ACC"]["n"] == 0]
-        if empty:
-            parser.error(f"no seed_*/metrics.json under {empty}")
-    else:
-        if not args.seeds or not args.out or not fit_args:
-            parser.error("give --seeds, --out and the clfw fit arguments after --, or --aggregate DIR ...")
-        failed = run_seeds(args.seeds, args.out, fit_args)
-        stats = aggregate(load_runs(args.out))
-        rows = {os.path.basename(os.path.normpath(args.out)): stats}
+    code = 0
+    try:
+        if args.aggregate:
+            collected = {_name(d): collect_runs(d) for d in args.aggregate}
+            empty = [c.directory for c in collected.values() if not c.runs]
+            for c in collected.values():
+                for line in c.notes():
+                    print(f"[clfw-seeds] {line}", flush=True)
+            if empty:
+                parser.error(f"no seed with a finished run (seed_*/metrics.json) under {empty}")
+        else:
+            if not args.seeds or not args.out or not fit_args:
+                parser.error("give --seeds, --out and the clfw fit arguments after --, or --aggregate DIR ...")
+            for stale in ("summary.md", "summary.json"):
+                if os.path.exists(path := os.path.join(args.out, stale)):
+                    os.remove(path)
+            failed = run_seeds(args.seeds, args.out, fit_args)
+            runs = collect_runs(args.out, args.seeds, {s: why for s, why in failed.items()})
+            for line in runs.notes():
+                print(f"[clfw-seeds] {line}", flush=True)
+            collected = {_name(args.out): runs}
+            code = 1 if runs.excluded else 0
+    except ValueError as err:
+        print(f"clfw-seeds: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    rows = {name: aggregate(list(c.runs.values())) for name, c in collected.items()}
+    table = markdown_table(rows, {name: c.excluded for name, c in collected.items()})
+    if not args.aggregate:
+        (runs,) = collected.values()
+        summary = {
+            "seeds": args.seeds,
+            "averaged": list(runs.runs),
+            "excluded": runs.excluded,
+            "ignored": runs.ignored,
+            "failed": sorted(failed),
+            "fit_args": fit_args,
+            "stats": rows[_name(args.out)],
+        }
         with open(os.path.join(args.out, "summary.json"), "w") as f:
-            json.dump({"seeds": args.seeds, "failed": failed, "fit_args": fit_args, "stats": stats}, f, indent=1)
+            json.dump(summary, f, indent=1)
         with open(os.path.join(args.out, "summary.md"), "w") as f:
-            f.write(markdown_table(rows) + "\n")
-        if failed:
-            print(markdown_table(rows))
-            return 1
-    table = markdown_table(rows)
+            f.write(table + "\n")
     print(table)
     if args.table:
         with open(args.table, "w") as f:
             f.write(table + "\n")
-    return 0
+    return code
 
 
 if __name__ == "__main__":

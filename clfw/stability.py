@@ -18,7 +18,8 @@ returns the metrics at that step. It is pure Python, so it is tested on scripted
 - ``bwt`` (per iteration): mean over finished tasks of the current accuracy minus the accuracy at the end of its
   training.
 
-Undefined values (no finished task yet) are ``None``.
+Undefined values are ``None``, never ``0.0`` or ``nan``: ``min_acc``, ``forgetting`` and ``bwt`` until a task has
+finished while another is trained, so always on a one-task stream; ``wc_acc`` when the current task is not evaluated.
 """
 
 from __future__ import annotations
@@ -53,6 +54,19 @@ class StabilityTracker:
     >>> m = tr.update(4, 1, [0.8, 0.7])
     >>> round(m["min_acc"], 6), round(m["wf_2"], 6)  # min stays 0.3; wf_2 = (task 0: 0.9 -> 0.3, task 1: 0) / 2
     (0.3, 0.3)
+
+    A one-task stream: WC-ACC is the task's accuracy; nothing is finished while another task trains, so min-ACC,
+    forgetting and BWT stay undefined, and there is no stability gap.
+
+    >>> tr = StabilityTracker(windows=(2,))
+    >>> _ = tr.update(0, 0, [0.1])
+    >>> _ = tr.update(1, 0, [0.8])
+    >>> m = tr.update(2, 0, [0.6])  # the task-end evaluation
+    >>> tr.end_task(0)
+    >>> m["acc"], m["wc_acc"], m["min_acc"], m["forgetting"], m["bwt"], round(m["wf_2"], 6), round(m["wp_2"], 6)
+    (0.6, 0.6, None, None, None, 0.2, 0.7)
+    >>> tr.stability_gaps()
+    []
     """
 
     def __init__(self, windows: Sequence[int] = (10, 100), tolerance: float = 0.01) -> None:
@@ -117,6 +131,7 @@ class StabilityTracker:
         out: dict[str, float | None] = {"acc": _mean(seen)}
         out["min_acc"] = _mean([self._min_after[i] for i in finished if i in self._min_after])
         a_c = row[c] if c < len(row) else None
+        out["wc_acc"] = None
         if a_c is not None:
             out["wc_acc"] = (
                 a_c if c == 0 or out["min_acc"] is None else a_c / (c + 1) + (1 - 1 / (c + 1)) * out["min_acc"]

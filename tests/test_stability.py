@@ -40,6 +40,12 @@ def test_min_acc_and_wc_acc() -> None:
     assert m[7]["acc"] == pytest.approx((0.75 + 0.50 + 0.90) / 3)
 
 
+def test_every_metric_is_reported_even_when_undefined() -> None:
+    tr = StabilityTracker(windows=(2,))
+    m = tr.update(1, 0, [None])  # the current task not evaluated: WC-ACC undefined, still reported as None
+    assert m == dict.fromkeys(["acc", "min_acc", "wc_acc", "forgetting", "bwt", "wf_2", "wp_2"])
+
+
 def test_per_iteration_forgetting_and_bwt() -> None:
     _, m = run()
     assert m[1]["forgetting"] is None and m[1]["bwt"] is None
