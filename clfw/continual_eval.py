@@ -10,8 +10,9 @@ from torch import Tensor
 from typing_extensions import override
 
 from clfw.callbacks import ContinualCallback
-from clfw.evaluation import TaskAccuracy, eval_mode, run_dir, write_metrics
+from clfw.evaluation import TaskAccuracy, eval_mode, write_metrics
 from clfw.loaders import shard
+from clfw.runs import claim_run_dir, run_dir
 from clfw.stability import StabilityTracker
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class ContinualEvaluation(ContinualCallback):
                 )
         acc, _ = self._metric.compute()
         self._metric.reset()
+        acc = acc.reshape(-1)  # torchmetrics squeezes a one-element result (a one-task stream) to a 0-d tensor
         return [float(a) if i < n_eval else None for i, a in enumerate(acc.tolist())]
 
     # ------------------------------------------------------------------------------------------------ hooks
@@ -129,6 +131,10 @@ class ContinualEvaluation(ContinualCallback):
             logged["cl/task"] = float(task)
             for logger in trainer.loggers:
                 logger.log_metrics(logged, step=step)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        claim_run_dir(trainer)  # after a checkpoint is restored: trainer.ckpt_path is known
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

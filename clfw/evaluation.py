@@ -26,6 +26,7 @@ from typing_extensions import override
 from clfw.callbacks import ContinualCallback
 from clfw.data import Batch
 from clfw.metrics import summarize
+from clfw.runs import claim_run_dir, run_dir
 
 if TYPE_CHECKING:
     from clfw.datamodule import ContinualDataModule
@@ -57,7 +58,10 @@ class TaskAccuracy(Metric):
         self.class_total.scatter_add_(0, target, torch.ones_like(hit))
 
     def compute(self) -> tuple[Tensor, Tensor]:
-        """Accuracy per task and per class (``nan`` where there were no samples)."""
+        """Accuracy per task and per class (``nan`` where there were no samples).
+
+        ``Metric.compute`` squeezes a one-element result to a 0-d tensor (one task, or one class): callers reshape it.
+        """
         return (
             self.task_correct.double() / self.task_total.double(),
             self.class_correct.double() / self.class_total.double(),
@@ -93,7 +97,7 @@ def evaluate(
             for batch in datamodule.task_loader(t, split):  # type: ignore[arg-type]
                 batch = Batch(*(v.to(module.device, non_blocking=True) for v in batch))
                 metric.update(module.predict(batch.x, batch.task).argmax(1), batch.y, batch.task)
-    task_acc, class_acc = metric.compute()
+    task_acc, class_acc = (a.reshape(-1) for a in metric.compute())  # torchmetrics squeezes one-element results
     return [float(task_acc[t]) for t in tasks], class_acc.tolist()
 
 
@@ -168,14 +172,6 @@ def write_metrics(trainer: pl.Trainer, filename: str = "metrics.json") -> str | 
     return path
 
 
-def run_dir(trainer: pl.Trainer) -> str:
-    """The run directory: the Trainer's log directory (its first logger's), else ``default_root_dir``.
-
-    Under DDP this is a broadcast from rank 0, so every rank must call it.
-    """
-    return trainer.log_dir or trainer.default_root_dir
-
-
 def format_matrix(R: Sequence[Sequence[float]], initial: Sequence[float] | None = None) -> str:
     """The accuracy matrix as a text table, in percent.
 
@@ -231,6 +227,10 @@ class AccuracyMatrix(ContinualCallback):
         chosen = list(range(n)) if self.tasks == "all" else list(range(task + 1))
         acc, per_class = evaluate(module, dm, chosen, split)
         return acc + [math.nan] * (n - len(acc)), per_class
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        claim_run_dir(trainer, self.filename)  # after a checkpoint is restored: trainer.ckpt_path is known
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
@@ -14,10 +15,27 @@ from typing_extensions import override
 
 from clfw.backbones import MLP
 from clfw.callbacks import ContinualCallback
+from clfw.checkpoint import CHECKPOINT_FORMAT, AtomicCheckpointIO, CheckpointError, stream_fingerprint
 from clfw.data import SCENARIOS, Batch, Stream
 from clfw.datamodule import ContinualDataModule, TrainingData
-from clfw.plugins import Plugin
+from clfw.numerics import FiniteGuard
+from clfw.plugins import Plugin, needs_task_boundaries
+from clfw.runs import csv_history, restore_csv_history
 from clfw.seeding import capture_rng_states, restore_rng_states
+
+
+class TaskBoundaryCallback(pl.Callback):
+    """Ends a task right after its last training batch, in ``on_train_batch_end``.
+
+    :class:`ContinualModule` adds it through ``configure_callbacks``. Lightning runs checkpoint callbacks after all
+    others, so a checkpoint written on a task's last step (a step checkpoint, or one at the epoch's end) already holds
+    the finished task end: resuming from it never skips the task end nor runs it twice.
+    """
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if isinstance(pl_module, ContinualModule) and not pl_module.task_ended and pl_module.task_batches_done():
+            pl_module._end_task(pl_module.current_task)
 
 
 class ContinualModule(pl.LightningModule):
@@ -32,8 +50,16 @@ class ContinualModule(pl.LightningModule):
     - :meth:`before_optimizer_step`: the final gradients before the optimizer step (A-GEM);
     - :meth:`predict`: class scores, which every evaluator calls (override to classify differently, e.g. NME).
 
-    Class attributes a strategy may set: ``supported_scenarios`` (others are refused before training) and
-    ``training_data`` (``"current"``, ``"seen"`` or ``"all"``: what the datamodule serves).
+    Class attributes a strategy may set: ``supported_scenarios`` (others are refused before training),
+    ``training_data`` (``"current"``, ``"seen"`` or ``"all"``: what the datamodule serves) and
+    ``needs_task_boundaries`` (by default: whether it overrides ``on_task_start``/``on_task_end``; a strategy or plugin
+    that needs boundaries is refused on a stream without visible boundaries).
+
+    Safety: a task ends right after its last batch (before any checkpoint of that step); the total loss and the
+    gradient norm are checked at every optimizer step and a non-finite value stops the run naming the task, the step
+    and the loss term (:class:`~clfw.numerics.FiniteGuard`); checkpoints are written atomically
+    (:class:`~clfw.checkpoint.AtomicCheckpointIO`), carry a format number and a fingerprint of the run, and a resume
+    whose fingerprint differs is refused before training.
 
     Behaviours that compose with any strategy are :class:`~clfw.Plugin` objects in ``plugins``: each hook runs on the
     strategy first, then on each plugin.
@@ -51,6 +77,7 @@ class ContinualModule(pl.LightningModule):
 
     supported_scenarios: ClassVar[tuple[str, ...]] = SCENARIOS
     training_data: ClassVar[TrainingData] = "current"
+    needs_task_boundaries: ClassVar[bool | None] = None
 
     def __init__(
         self,
@@ -80,6 +107,9 @@ class ContinualModule(pl.LightningModule):
         self.task_ended = True
         self._stream: Stream | None = None
         self._pending_rng: dict[str, Any] | None = None
+        self._pending_task_end = False
+        self._resumed_fingerprint: dict[str, Any] | None = None
+        self.finite_guard = FiniteGuard()
 
     # --------------------------------------------------------------------------------------------- the model
     @staticmethod
@@ -188,6 +218,13 @@ class ContinualModule(pl.LightningModule):
     @override
     def setup(self, stage: str) -> None:
         self.attach_stream(self.trainer.datamodule if self._trainer is not None else None)
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: stages files in /tmp
+            strategy.checkpoint_io = AtomicCheckpointIO()
+
+    @override
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [TaskBoundaryCallback()]
 
     def attach_stream(self, dm: ContinualDataModule | None) -> None:
         """Binds the module to ``dm``'s stream: checks it, builds a missing backbone or head, prepares the masks.
@@ -197,6 +234,13 @@ class ContinualModule(pl.LightningModule):
         if not isinstance(dm, ContinualDataModule):
             raise ValueError(f"{type(self).__name__} needs a clfw.ContinualDataModule, got {type(dm).__name__}")
         stream = dm.stream
+        if not stream.boundaries_visible:
+            blind = [type(o).__name__ for o in (self, *self.plugins) if needs_task_boundaries(o)]
+            if blind:
+                raise ValueError(
+                    f"{', '.join(blind)} needs task boundaries, but this stream hides them "
+                    "(task_boundaries_visible=False): use a stream with visible boundaries or a boundary-free strategy"
+                )
         if stream.scenario not in self.supported_scenarios:
             raise ValueError(
                 f"{type(self).__name__} does not support the {stream.scenario!r} scenario "
@@ -246,11 +290,31 @@ class ContinualModule(pl.LightningModule):
         if self._pending_rng is not None:  # resumed: continue every random stream where the checkpoint left it
             restore_rng_states(self._pending_rng)
             self._pending_rng = None
+        if self._pending_task_end:  # resumed from a checkpoint written after the task's last step, before its end
+            self._pending_task_end = False
+            self._end_task(self.current_task)
+        self._sync_task()  # a resume at an epoch boundary starts the next epoch without on_train_epoch_start
+
+    @override
+    def on_fit_end(self) -> None:
+        if self._pending_task_end:
+            raise CheckpointError(
+                f"the checkpoint was written after the last step of task {self.current_task} but before its task end, "
+                "and Lightning resumed past the end of the stream: the task end cannot be completed"
+            )
 
     @override
     def on_train_epoch_start(self) -> None:
+        self._sync_task()
+
+    def _sync_task(self) -> None:
+        """Starts the task of the current epoch if it is not the current one (the previous must have ended)."""
         task = self.datamodule.task_of_epoch(self.current_epoch)
         if task != self.current_task:
+            if not self.task_ended:
+                raise RuntimeError(
+                    f"task {task} is starting at epoch {self.current_epoch}, but task {self.current_task} never ended"
+                )
             self._start_task(task)
 
     @override
@@ -265,26 +329,47 @@ class ContinualModule(pl.LightningModule):
             outputs = {"loss": outputs}
         loss = outputs["loss"]
         n = len(batch.y)
+        terms = {"loss": loss}
         for name, value in outputs.items():
             if name not in ("loss", "logits") and isinstance(value, Tensor) and value.ndim == 0:
                 self.log(f"train/{name}", value, batch_size=n)
+                terms[name] = value
         for p in self.plugins:
             for name, term in p.loss_terms(self, batch, outputs).items():
                 self.log(f"train/{name}", term, batch_size=n)
+                terms[name] = term
                 loss = loss + term
+        self.finite_guard.record(loss, terms)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.finite_guard.check_step(self, self.trainer.global_step)  # gradients final and DDP-averaged here
         self.before_optimizer_step(optimizer)
         for p in self.plugins:
             p.before_optimizer_step(self, optimizer)
 
     @override
-    def on_train_epoch_end(self) -> None:
+    def on_train_epoch_end(self) -> None:  # normally done already by TaskBoundaryCallback after the last batch
         if not self.task_ended and self.datamodule.is_last_epoch_of_task(self.current_epoch):
             self._end_task(self.current_task)
+
+    def task_batches_done(self) -> bool:
+        """Whether every training batch of the current task has been processed (in training, with a Trainer)."""
+        if self._trainer is None or not self.trainer.training:
+            return False
+        trainer = self.trainer
+        processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return (
+            self.datamodule.is_last_epoch_of_task(trainer.current_epoch) and processed >= trainer.num_training_batches
+        )
+
+    def check_finite(self, where: str) -> None:
+        """Raises :class:`~clfw.numerics.NonFiniteError` if training went non-finite (a flag kept on the device is
+        read here) or a parameter is not finite: called before every evaluation, task end and checkpoint."""
+        step = self.trainer.global_step if self._trainer is not None else -1
+        self.finite_guard.raise_if_flagged(self, where, step)
 
     @override
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -308,6 +393,7 @@ class ContinualModule(pl.LightningModule):
             cb.on_task_start(self.trainer, self, task)
 
     def _end_task(self, task: int) -> None:
+        self.check_finite(f"the end of task {task}")
         if self.stream.boundaries_visible:
             self.on_task_end(task)
             for p in self.plugins:
@@ -318,14 +404,51 @@ class ContinualModule(pl.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["clfw"] = {"task": self.current_task, "task_ended": self.task_ended, "rng": capture_rng_states()}
+        self.check_finite("a checkpoint")
+        checkpoint["clfw"] = {
+            "format": CHECKPOINT_FORMAT,
+            "version": _clfw_version(),
+            "task": self.current_task,
+            "task_ended": self.task_ended,
+            "task_end_pending": not self.task_ended and self.task_batches_done(),
+            "rng": capture_rng_states(),
+            "fingerprint": self.fingerprint(),
+            "csv_history": csv_history(self.trainer) if self._trainer is not None else {},
+        }
+
+    def fingerprint(self) -> dict[str, Any] | None:
+        """:func:`~clfw.checkpoint.stream_fingerprint` of this run (``None`` before it is attached to a Trainer)."""
+        if self._trainer is None or self._stream is None:
+            return None
+        return stream_fingerprint(self, self.trainer)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from clfw.checkpoint import config_differences, describe_differences
+
         state = checkpoint.get("clfw")
         if state is None:
-            raise ValueError("this checkpoint has no clfw state: it was not written by a clfw ContinualModule")
+            raise CheckpointError("this checkpoint has no clfw state: it was not written by a clfw ContinualModule")
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"checkpoint format {state.get('format')} (clfw {state.get('version', 'before 0.2')}) cannot be "
+                f"resumed by this clfw (format {CHECKPOINT_FORMAT})"
+            )
+        now = self.fingerprint()
+        if now is not None and state["fingerprint"] is not None:
+            diffs = config_differences(state["fingerprint"], now)
+            if diffs:
+                raise CheckpointError("the checkpoint belongs to another run: " + describe_differences(diffs))
         self.current_task, self.task_ended = state["task"], state["task_ended"]
+        self._pending_task_end = state["task_end_pending"]
         self._pending_rng = state["rng"]
+        if self._trainer is not None:
+            restore_csv_history(self.trainer, state["csv_history"])
         if self._stream is not None:
             self._update_seen_mask()
+
+
+def _clfw_version() -> str:
+    from clfw import __version__
+
+    return __version__

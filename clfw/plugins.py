@@ -32,7 +32,14 @@ if TYPE_CHECKING:
 
 
 class Plugin(nn.Module):
-    """Base class of plugins. Override only the hooks you need; each receives the strategy module first."""
+    """Base class of plugins. Override only the hooks you need; each receives the strategy module first.
+
+    ``needs_task_boundaries`` (class attribute): ``None`` (default) means "whether the plugin overrides
+    ``on_task_start`` or ``on_task_end``"; set it to ``True``/``False`` to say so explicitly. A plugin that needs
+    boundaries is refused on a stream that hides them, before training.
+    """
+
+    needs_task_boundaries: bool | None = None
 
     def on_setup(self, module: ContinualModule) -> None:
         """Called once the stream is known (``module.stream``), before training."""
@@ -55,6 +62,19 @@ class Plugin(nn.Module):
 
     def before_optimizer_step(self, module: ContinualModule, optimizer: Optimizer) -> None:
         """Called with the final gradients in ``.grad`` (accumulated, DDP-averaged, unscaled), before clipping/step."""
+
+
+def needs_task_boundaries(obj: object) -> bool:
+    """Whether a strategy or plugin needs to be told where tasks start and end: its ``needs_task_boundaries`` class
+    attribute when set, else whether its class overrides ``on_task_start`` or ``on_task_end`` of its base class
+    (:class:`Plugin` or :class:`~clfw.ContinualModule`)."""
+    declared = getattr(type(obj), "needs_task_boundaries", None)
+    if declared is not None:
+        return bool(declared)
+    from clfw.module import ContinualModule
+
+    base = Plugin if isinstance(obj, Plugin) else ContinualModule
+    return any(getattr(type(obj), hook) is not getattr(base, hook) for hook in ("on_task_start", "on_task_end"))
 
 
 def flat_parameters(module: ContinualModule) -> Tensor:

@@ -1,0 +1,177 @@
+"""Checkpoints that cannot silently resume the wrong run: atomic writes, a format number, a fingerprint of the run.
+
+- :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file beside its target and renames it (an interrupted
+  write never leaves a truncated checkpoint, and nothing is staged on another filesystem), and refuses to write
+  non-finite parameters. :class:`~clfw.ContinualModule` installs it in place of Lightning's default.
+- :func:`read_checkpoint` loads a file or fails with one line: ``corrupt or incomplete checkpoint: PATH``.
+- :func:`stream_fingerprint` describes what a checkpoint's state means (strategy, stream, task/epoch mapping, global
+  batch); :func:`config_differences` compares flattened configs. A resume with any difference is refused before
+  training, naming the key and both values.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from typing_extensions import override
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+    from clfw.module import ContinualModule
+
+#: Bumped whenever the meaning of a checkpoint's clfw state changes; other format numbers are refused on resume.
+CHECKPOINT_FORMAT = 2
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: unreadable, from another format, or from another run."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO``, but written atomically in the target's own directory, and never with
+    non-finite parameters.
+
+    The checkpoint is serialised to ``.<name>.tmp-<pid>`` beside the target, flushed to disk, then renamed over it
+    (``os.replace`` is atomic within one filesystem). A process killed mid-write leaves the previous file intact and
+    at most a hidden temporary file, which the next write of that name replaces.
+    """
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = os.fspath(path)
+        if "://" in path:  # remote storage: Lightning's fsspec path
+            super().save_checkpoint(checkpoint, path)
+            return
+        bad = nonfinite_tensors(checkpoint.get("state_dict", {}))
+        if bad:
+            raise FloatingPointError(f"not writing checkpoint {path}: non-finite values in {', '.join(bad[:5])}")
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``state`` holding a NaN or an infinity.
+
+    >>> nonfinite_tensors({"a": torch.ones(2), "b": torch.tensor([1.0, float("nan")]), "c": torch.arange(3)})
+    ['b']
+    """
+    return [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint at ``path`` on the CPU, or :class:`CheckpointError` naming it when it is missing, empty, corrupt
+    or truncated."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"corrupt or incomplete checkpoint: {path} (0 bytes)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # EOFError, zip reader RuntimeError, UnpicklingError ...
+        raise CheckpointError(f"corrupt or incomplete checkpoint: {path} ({type(err).__name__})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"corrupt or incomplete checkpoint: {path} (no state_dict)")
+    return checkpoint
+
+
+def stream_fingerprint(module: ContinualModule, trainer: pl.Trainer) -> dict[str, Any]:
+    """What a checkpoint's state means: the strategy and plugin classes, the stream (class, scenario, tasks, the
+    classes and sizes of each task, data seed), the task/epoch mapping and the global batch (per-rank batch x world
+    size; the world size alone may change). Equal fingerprints resume the same run.
+    """
+    dm = module.datamodule
+    stream = module.stream
+    return {
+        "strategy": _qualname(module),
+        "plugins": [_qualname(p) for p in module.plugins],
+        "stream": _qualname(dm),
+        "scenario": stream.scenario,
+        "n_tasks": stream.n_tasks,
+        "num_classes": stream.num_classes,
+        "task_classes": [sorted(int(c) for c in t.classes) for t in stream.tasks],
+        "task_train_sizes": [len(t.train) for t in stream.tasks],
+        "data_seed": dm.seed,
+        "epochs_per_task": dm.epochs_per_task,
+        "training_data": module.training_data,
+        "global_batch_size": dm.batch_size * trainer.world_size * trainer.accumulate_grad_batches,
+        "task_boundaries_visible": stream.boundaries_visible,
+    }
+
+
+def _qualname(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts and lists as one dict of dotted keys (list items by index).
+
+    >>> flatten({"a": {"b": 1, "c": [2, {"d": 3}]}})
+    {'a.b': 1, 'a.c.0': 2, 'a.c.1.d': 3}
+    """
+    if isinstance(config, Mapping):
+        items: Iterable[tuple[Any, Any]] = config.items()
+    elif isinstance(config, (list, tuple)):
+        items = enumerate(config)
+    else:
+        return {prefix: config}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, (Mapping, list, tuple)) and len(v) > 0:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(
+    a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str] = ()
+) -> list[tuple[str, Any, Any]]:
+    """``(key, value in a, value in b)`` for every flattened key whose values differ, keys matching a glob pattern in
+    ``ignore`` left out; a missing key has the value ``"<unset>"``.
+
+    >>> config_differences({"x": 1, "y": {"z": 2}, "log": 1}, {"x": 1, "y": {"z": 3}, "log": 2}, ignore=["log*"])
+    [('y.z', 2, 3)]
+    """
+    fa, fb = flatten(a), flatten(b)
+    patterns = list(ignore)
+    out = []
+    for key in sorted(set(fa) | set(fb)):
+        if any(fnmatch.fnmatchcase(key, p) for p in patterns):
+            continue
+        va, vb = fa.get(key, "<unset>"), fb.get(key, "<unset>")
+        if va != vb:
+            out.append((key, va, vb))
+    return out
+
+
+def describe_differences(diffs: list[tuple[str, Any, Any]], what: str = "checkpoint", now: str = "this run") -> str:
+    """One line naming the first differences: ``key: A (checkpoint) != B (this run)``."""
+    shown = "; ".join(f"{k}: {va!r} ({what}) != {vb!r} ({now})" for k, va, vb in diffs[:4])
+    more = f"; and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+    return shown + more

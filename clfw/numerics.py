@@ -1,0 +1,105 @@
+"""``FiniteGuard``: a run whose loss or gradients stop being finite is stopped, never reported.
+
+A NaN or infinite loss term, or an exploding update, leaves a model whose accuracy matrix means nothing. The guard
+checks, at every optimizer step, the total loss of the step and the norm of the final gradients (after DDP averaging,
+so every rank reaches the same verdict and none is left waiting in a collective; a rank-local non-finite loss is
+shared with one small all-reduce of a flag). On the CPU the verdict is read at once. On an accelerator it stays in a
+device flag, with the step and the loss terms of the first bad step, and is read (one synchronisation) only before
+each evaluation, task end and checkpoint, so no step waits for the host. The parameters themselves are checked at
+those points too, and :class:`~clfw.checkpoint.AtomicCheckpointIO` refuses to write non-finite ones.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from clfw.distributed import world
+
+if TYPE_CHECKING:
+    from clfw.module import ContinualModule
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN or an infinity."""
+
+
+class FiniteGuard:
+    """Records each step's loss terms and checks the step's total loss and gradient norm."""
+
+    def __init__(self) -> None:
+        self.terms: dict[str, Tensor] = {}
+        self.loss_ok: Tensor | None = None  # all micro-batches of the step so far had a finite total loss
+        self.flag: Tensor | None = None  # accelerator: a non-finite step happened
+        self.first: dict[str, Tensor] = {}  # accelerator: step, grad norm and terms of the first non-finite step
+
+    def record(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
+        """Called in ``training_step`` with the total loss and its named terms (``"loss"``: the strategy's own)."""
+        ok = torch.isfinite(loss.detach()).all()
+        self.loss_ok = ok if self.loss_ok is None else self.loss_ok & ok
+        self.terms = {name: t.detach() for name, t in terms.items()}
+        self.terms["total"] = loss.detach()
+
+    def check_step(self, module: ContinualModule, step: int) -> None:
+        """Called with the final gradients, before the optimizer step."""
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        device = grads[0].device if grads else module.device
+        norm = (
+            torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+            if grads
+            else torch.zeros((), device=device)
+        )
+        loss_ok = (
+            self.loss_ok.to(device) if self.loss_ok is not None else torch.ones((), dtype=torch.bool, device=device)
+        )
+        self.loss_ok = None
+        bad = (~torch.isfinite(norm) | ~loss_ok).to(torch.uint8)
+        if world()[1] > 1:  # a rank-local NaN loss with finite averaged gradients: every rank must decide the same
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if device.type == "cpu":
+            if bad.item():
+                raise NonFiniteError(self._message(module, step, norm, self.terms))
+            return
+        bad = bad.bool()
+        if self.flag is None:
+            self.flag = torch.zeros((), dtype=torch.bool, device=device)
+            self.first = {"step": torch.full((), -1, dtype=torch.long, device=device), "norm": norm.clone()}
+        first = bad & ~self.flag
+        self.first["step"] = torch.where(first, torch.tensor(step, device=device), self.first["step"])
+        self.first["norm"] = torch.where(first, norm, self.first["norm"])
+        for name, value in self.terms.items():
+            old = self.first.get(f"term/{name}", torch.zeros_like(value))
+            self.first[f"term/{name}"] = torch.where(first, value, old) if old.shape == value.shape else value
+        self.flag |= bad
+
+    def raise_if_flagged(self, module: ContinualModule, where: str, step: int) -> None:
+        """Raises :class:`NonFiniteError` if a step was flagged or a parameter is not finite (checked before ``where``:
+        an evaluation, a task end, a checkpoint)."""
+        if self.flag is not None and bool(self.flag):
+            terms = {k[5:]: v for k, v in self.first.items() if k.startswith("term/")}
+            raise NonFiniteError(self._message(module, int(self.first["step"]), self.first["norm"], terms))
+        params = [p for p in module.parameters() if p.is_floating_point()]
+        if params and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params)).float()).all()):
+            names = [n for n, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
+            raise NonFiniteError(
+                f"non-finite parameters before {where} (task {module.current_task}, global step {step}): "
+                f"{', '.join(names[:5])}"
+            )
+
+    @staticmethod
+    def _message(module: ContinualModule, step: int, norm: Tensor, terms: dict[str, Tensor]) -> str:
+        values = {name: float(t.float().sum()) if t.numel() else 0.0 for name, t in terms.items()}
+        bad = [name for name, v in values.items() if name != "total" and not _finite(v)]
+        shown = ", ".join(f"{name}={v:.4g}" for name, v in values.items())
+        culprit = f"loss term {', '.join(repr(b) for b in bad)} is not finite" if bad else "the gradient is not finite"
+        return (
+            f"non-finite training at task {module.current_task}, global step {step}: {culprit} ({shown}; "
+            f"gradient norm {float(norm):.4g}); the run is stopped so that no metric of a broken model is reported"
+        )
+
+
+def _finite(v: float) -> bool:
+    return v == v and v not in (float("inf"), float("-inf"))

@@ -1,0 +1,103 @@
+"""Run directories and their history: one run per directory, and a resumed run keeps its logged history exactly.
+
+- :func:`run_dir` is where a run writes ``metrics.json``, plots and its config: the logger's own versioned directory
+  (``save_dir/name/version``, W&B's run id included), else ``default_root_dir``.
+- :func:`claim_run_dir` refuses a new run in a directory that holds another run's ``metrics.json``; only a resume may
+  write there.
+- :func:`csv_history` / :func:`restore_csv_history`: Lightning's CSV logger deletes ``metrics.csv`` when a run starts
+  in an existing directory and buffers rows in memory. Every clfw checkpoint flushes the loggers and stores the CSV
+  as it was at that step; a resume writes it back, so the history continues without gaps or duplicate steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import zlib
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import CSVLogger
+
+
+class RunDirectoryError(ValueError):
+    """A new run would write into another run's directory."""
+
+
+def run_dir(trainer: pl.Trainer) -> str:
+    """The run directory: the first logger's own directory, else ``default_root_dir``.
+
+    CSV and TensorBoard loggers have a versioned ``log_dir``; for other loggers (W&B, MLflow ...), whose ``save_dir`` is
+    shared by all runs, it is ``save_dir/name/version`` (for W&B: ``save_dir/project/run id``), which is also where
+    Lightning's ``ModelCheckpoint`` puts their checkpoints. Under DDP the version is broadcast from rank 0, so every
+    rank must call this.
+    """
+    if not trainer.loggers:
+        return trainer.default_root_dir
+    logger = trainer.loggers[0]
+    log_dir = getattr(logger, "log_dir", None)
+    if isinstance(log_dir, str) and type(logger).__name__ in ("CSVLogger", "TensorBoardLogger"):
+        return log_dir
+    save_dir = logger.save_dir or trainer.default_root_dir
+    name, version = logger.name, logger.version
+    version = version if isinstance(version, str) else f"version_{version}"
+    return os.path.join(save_dir, str(name), version) if name else os.path.join(save_dir, version)
+
+
+def claim_run_dir(trainer: pl.Trainer, filename: str = "metrics.json") -> str:
+    """``run_dir(trainer)``, after checking that a new run (no ``ckpt_path``) does not write into a directory that
+    already holds a run's ``filename``. Call it on every rank."""
+    directory = run_dir(trainer)
+    path = os.path.join(directory, filename)
+    if trainer.ckpt_path is None and os.path.exists(path):
+        raise RunDirectoryError(
+            f"{directory} already holds another run's {filename}: give this run its own directory (a logger "
+            "version, or another default_root_dir with --trainer.logger false) or resume that run (clfw fit --resume)"
+        )
+    return directory
+
+
+def _csv_loggers(trainer: pl.Trainer) -> list[CSVLogger]:
+    return [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+
+
+def csv_history(trainer: pl.Trainer) -> dict[str, bytes]:
+    """Flushes every logger and returns each CSV log as it is now (zlib-compressed), keyed by its path; global rank 0
+    only (other ranks log nothing)."""
+    if not trainer.is_global_zero:
+        return {}
+    for logger in trainer.loggers:
+        logger.save()
+    out = {}
+    for logger in _csv_loggers(trainer):
+        path = logger.experiment.metrics_file_path
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                out[path] = zlib.compress(f.read())
+    return out
+
+
+def restore_csv_history(trainer: pl.Trainer, history: dict[str, bytes]) -> None:
+    """Writes each CSV log back as the checkpoint saw it (rows logged after the checkpoint are dropped) and tells the
+    logger its columns, so the resumed run appends to it."""
+    if not trainer.is_global_zero:
+        return
+    for logger in _csv_loggers(trainer):
+        writer = logger.experiment
+        data = history.get(writer.metrics_file_path)
+        if data is None:
+            continue
+        text = zlib.decompress(data)
+        os.makedirs(os.path.dirname(writer.metrics_file_path), exist_ok=True)
+        with open(writer.metrics_file_path, "wb") as f:
+            f.write(text)
+        header = next(csv.reader(io.StringIO(text.decode())), [])
+        writer.metrics_keys = sorted(header)
+        writer.metrics = []
+
+
+def read_csv_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a CSV log."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
