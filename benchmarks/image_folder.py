@@ -29,6 +29,22 @@ def load_image(path: str, size: int) -> Tensor:
         return TF.pil_to_tensor(img)
 
 
+def _has_images(folder: str) -> bool:
+    return any(f.lower().endswith(EXTENSIONS) for f in os.listdir(folder))
+
+
+def tiny_imagenet_layout(root: str) -> str | None:
+    """Where ``root`` holds Tiny-ImageNet's training layout, ``<train>/<wnid>/images/*.JPEG`` (each class's images one
+    folder down), that train folder: ``"root"`` or ``"root/train"`` (the data set's top folder); else ``None``."""
+    for folder, where in ((root, "root"), (os.path.join(root, "train"), "root/train")):
+        if not os.path.isdir(folder):
+            continue
+        classes = [os.path.join(folder, d) for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))]
+        if classes and all(not _has_images(c) and os.path.isdir(os.path.join(c, "images")) for c in classes):
+            return where
+    return None
+
+
 class ImageFolderStream(ContinualDataModule):
     """Class-incremental (or task-incremental) stream over an image folder, one subfolder per class.
 
@@ -71,12 +87,19 @@ class ImageFolderStream(ContinualDataModule):
         if not 0.0 < test_fraction < 1.0 or image_size < 8:
             raise ValueError(f"need 0 < test_fraction < 1 and image_size >= 8, got {test_fraction}, {image_size}")
         if not os.path.isdir(root):
-            raise ValueError(f"image folder root={root!r} does not exist (expected root/<class>/<image> files)")
+            raise ValueError(f"root={root!r} does not exist (expected an image folder: root/<class>/<image> files)")
         self.root, self.image_size, self.test_fraction, self.split_seed = root, image_size, test_fraction, split_seed
         self.augment, self.normalize = augment, normalize
         self.class_names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
         if not self.class_names:
             raise ValueError(f"no class subfolders under root={root!r}")
+        tiny = tiny_imagenet_layout(root)
+        if tiny is not None:
+            raise ValueError(
+                f"root={root!r} has the Tiny-ImageNet layout ({tiny}/<wnid>/images/*.JPEG), which "
+                f"{type(self).__name__} does not read: it expects root/<class>/<image> files; move the images of "
+                f"each {tiny}/<wnid>/images/ up into {tiny}/<wnid>/ and pass that folder as root"
+            )
         self.sizes = classes_per_task_split(len(self.class_names), n_tasks, classes_per_task)
         order = class_order if class_order is not None else range(len(self.class_names))
         self.class_order = check_class_order(order, range(len(self.class_names)))

@@ -45,7 +45,7 @@ class RotatedMNIST(MNISTStream):
                 raise ValueError(f"n_tasks must be positive, got {n_tasks}")
             angles = [i * max_angle / n_tasks for i in range(n_tasks)]
         if not angles:
-            raise ValueError("angles must name at least one angle")
+            raise ValueError(f"angles must name at least one angle, got {angles}")
         self.angles = [float(a) for a in angles]
 
     @property

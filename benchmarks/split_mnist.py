@@ -38,7 +38,12 @@ class SplitMNIST(MNISTStream):
         digits = list(range(10)) if classes is None else [int(c) for c in classes]
         if not digits or len(set(digits)) != len(digits) or not set(digits) <= set(range(10)):
             raise ValueError(f"classes must be distinct digits in 0..9, got {classes}")
-        self.sizes = classes_per_task_split(len(digits), n_tasks, classes_per_task)
+        try:
+            self.sizes = classes_per_task_split(len(digits), n_tasks, classes_per_task)
+        except ValueError as err:
+            if classes is None:
+                raise
+            raise ValueError(f"{err} (classes={digits} are {len(digits)} classes)") from err
         self.class_order = check_class_order(class_order if class_order is not None else digits, digits)
 
     @property

@@ -42,12 +42,13 @@ class Memory(nn.Module):
     Args:
         capacity: Number of samples held.
         seed: Seed of the memory's random draws.
+        argument: The user's name for ``capacity`` in error messages (a strategy's ``buffer_size``).
     """
 
-    def __init__(self, capacity: int = 500, seed: int = 0) -> None:
+    def __init__(self, capacity: int = 500, seed: int = 0, argument: str = "capacity") -> None:
         super().__init__()
         if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
+            raise ValueError(f"{argument} must be >= 1, got {capacity}")
         self.capacity, self.seed = capacity, seed
         self.register_buffer("size", torch.zeros((), dtype=torch.long))
         self.register_buffer("sample_calls", torch.zeros((), dtype=torch.long))
@@ -144,12 +145,13 @@ class ReservoirBuffer(Memory):
     Args:
         capacity: Number of samples held.
         seed: Seed of the insertion and sampling draws.
+        argument: The user's name for ``capacity`` in error messages (a strategy's ``buffer_size``).
     """
 
     _counters = ("size", "sample_calls", "seen")
 
-    def __init__(self, capacity: int = 500, seed: int = 0) -> None:
-        super().__init__(capacity, seed)
+    def __init__(self, capacity: int = 500, seed: int = 0, argument: str = "capacity") -> None:
+        super().__init__(capacity, seed, argument)
         self.register_buffer("seen", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
@@ -197,12 +199,13 @@ class ClassBalancedBuffer(Memory):
     Args:
         capacity: Number of samples held.
         seed: Seed of the eviction and sampling draws.
+        argument: The user's name for ``capacity`` in error messages (a strategy's ``buffer_size``).
     """
 
     _counters = ("size", "sample_calls", "seen")
 
-    def __init__(self, capacity: int = 500, seed: int = 0) -> None:
-        super().__init__(capacity, seed)
+    def __init__(self, capacity: int = 500, seed: int = 0, argument: str = "capacity") -> None:
+        super().__init__(capacity, seed, argument)
         self.register_buffer("seen", torch.zeros((), dtype=torch.long))
         self.classes: set[int] = set()
         self._slots: dict[int, list[int]] | None = None  # class -> its sorted slots, rebuilt from ``y`` after a load

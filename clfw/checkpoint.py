@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import fnmatch
+import glob
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -40,7 +41,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     The checkpoint is serialised to ``.<name>.tmp-<pid>`` beside the target, flushed to disk, then renamed over it
     (``os.replace`` is atomic within one filesystem). A process killed mid-write leaves the previous file intact and
-    at most a hidden temporary file, which the next write of that name replaces.
+    at most a hidden temporary file, which the next write of that name deletes.
     """
 
     @override
@@ -56,6 +57,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise FloatingPointError(f"not writing checkpoint {path}: non-finite values in {', '.join(bad[:5])}")
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
+        for stale in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(os.path.basename(path))}.tmp-*")):
+            os.unlink(stale)  # left by a process killed while writing this file
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -67,6 +70,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+    @override
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        path = os.fspath(path)
+        if "://" in path:
+            return super().load_checkpoint(path, weights_only=weights_only)
+        return read_checkpoint(path)
 
 
 def nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:

@@ -188,6 +188,10 @@ def classes_per_task_split(num_classes: int, n_tasks: int | None, classes_per_ta
     Traceback (most recent call last):
     ...
     ValueError: n_tasks=3 does not divide the 10 classes evenly; pass classes_per_task (e.g. [4, 3, 3]) ...
+    >>> classes_per_task_split(3, 5, None)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: n_tasks=5: 3 classes cannot be cut into 5 tasks (each task needs at least one class); use n_tasks 1 ...
     """
     if classes_per_task is not None:
         sizes = [int(s) for s in classes_per_task]
@@ -198,6 +202,13 @@ def classes_per_task_split(num_classes: int, n_tasks: int | None, classes_per_ta
         return sizes
     if n_tasks is None or n_tasks <= 0:
         raise ValueError(f"n_tasks must be a positive integer, got {n_tasks}")
+    if n_tasks > num_classes:
+        divisors = [str(d) for d in range(1, num_classes + 1) if num_classes % d == 0]
+        choices = divisors[0] if len(divisors) == 1 else f"{', '.join(divisors[:-1])} or {divisors[-1]}"
+        raise ValueError(
+            f"n_tasks={n_tasks}: {num_classes} classes cannot be cut into {n_tasks} tasks (each task needs at least "
+            f"one class); use n_tasks {choices} for equal tasks, or classes_per_task for at most {num_classes} tasks"
+        )
     if num_classes % n_tasks:
         base, extra = divmod(num_classes, n_tasks)
         example = [base + 1] * extra + [base] * (n_tasks - extra)

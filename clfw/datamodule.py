@@ -166,8 +166,14 @@ class ContinualDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if stage != "fit" or trainer is None:
             return
+        if trainer.fast_dev_run:  # Lightning's smoke test: its N batches per epoch, over every epoch of every task
+            trainer.fit_loop.epoch_loop.max_steps = -1  # fast_dev_run sets max_steps=N and max_epochs=1
+            trainer.fit_loop.max_epochs = self.total_epochs
         if trainer.max_steps != -1:
-            raise ValueError(f"max_steps={trainer.max_steps} is not supported: the stream fixes the length of training")
+            raise ValueError(
+                f"max_steps={trainer.max_steps} is not supported: the stream fixes the length of training; leave "
+                "trainer.max_steps unset (shorten the run with data.epochs_per_task or trainer.limit_train_batches)"
+            )
         # Lightning turns an unset max_epochs into 1000 before setup; any other value that differs was set by hand.
         if trainer.fit_loop.max_epochs not in (self.total_epochs, 1000):
             raise ValueError(

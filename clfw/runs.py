@@ -69,13 +69,47 @@ def csv_history(trainer: pl.Trainer) -> dict[str, bytes]:
         return {}
     for logger in trainer.loggers:
         logger.save()
+    pending = pending_train_row(trainer)
     out = {}
     for logger in _csv_loggers(trainer):
         path = logger.experiment.metrics_file_path
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                out[path] = zlib.compress(f.read())
+        if not os.path.isfile(path):
+            continue
+        with open(path, "rb") as f:
+            data = f.read()
+        if pending is not None:
+            rows = read_csv_rows(path)
+            rows.append({k: str(v) for k, v in pending.items()})
+            keys = sorted(set().union(*rows))
+            buffer = io.StringIO(newline="")
+            writer = csv.DictWriter(buffer, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+            data = buffer.getvalue().encode()
+        out[path] = zlib.compress(data)
     return out
+
+
+def pending_train_row(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """The row of step metrics that Lightning will log right after the ``on_train_batch_end`` hooks of this step (a
+    checkpoint written in those hooks comes before it, and a run resumed from that checkpoint never logs it), or
+    ``None``. It mirrors ``_LoggerConnector.update_train_step_metrics``: same condition, values, ``epoch`` and step."""
+    connector = trainer._logger_connector
+    loop = trainer.fit_loop
+    if not trainer.training or trainer._results is None or connector._first_loop_iter is None:
+        return None
+    if loop._should_accumulate() and trainer.lightning_module.automatic_optimization:
+        return None
+    if not (connector.should_update_logs or trainer.fast_dev_run):
+        return None
+    metrics = {k: float(v) for k, v in connector.metrics["log"].items()}
+    if not metrics:
+        return None
+    step = metrics.pop("step", None)
+    if step is None:
+        metrics.setdefault("epoch", trainer.current_epoch)
+        step = loop.epoch_loop._batches_that_stepped
+    return {**metrics, "step": int(step)}
 
 
 def restore_csv_history(trainer: pl.Trainer, history: dict[str, bytes]) -> None:

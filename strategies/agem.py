@@ -37,7 +37,7 @@ class AGEM(ContinualModule):
         if sample_size < 1:
             raise ValueError(f"sample_size must be >= 1, got {sample_size}")
         self.sample_size, self.buffer_seed = sample_size, buffer_seed
-        self.buffer = ReservoirBuffer(buffer_size, buffer_seed)
+        self.buffer = ReservoirBuffer(buffer_size, buffer_seed, "buffer_size")
 
     @override
     def attach_stream(self, dm: Any) -> None:

@@ -42,7 +42,7 @@ class DER(ContinualModule):
         if replay_batch_size < 1 or alpha < 0:
             raise ValueError(f"replay_batch_size must be >= 1 and alpha >= 0, got {replay_batch_size}, {alpha}")
         self.replay_batch_size, self.alpha = replay_batch_size, alpha
-        self.buffer = ReservoirBuffer(buffer_size, buffer_seed)
+        self.buffer = ReservoirBuffer(buffer_size, buffer_seed, "buffer_size")
 
     def replay_terms(self) -> dict[str, Tensor]:
         """The memory terms of the loss, each already weighted."""

@@ -36,7 +36,7 @@ class ER(ContinualModule):
         if replay_batch_size < 1:
             raise ValueError(f"replay_batch_size must be >= 1, got {replay_batch_size}")
         self.replay_batch_size = replay_batch_size
-        self.buffer = ReservoirBuffer(buffer_size, buffer_seed)
+        self.buffer = ReservoirBuffer(buffer_size, buffer_seed, "buffer_size")
 
     @override
     def training_loss(self, batch: Batch) -> dict[str, Tensor]:

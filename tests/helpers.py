@@ -162,6 +162,8 @@ class KillAtStep(pl.Callback):
         step: Optimizer step at which to die.
     """
 
+    resume_neutral = True  # a resumed run may drop it (clfw.resume)
+
     def __init__(self, step: int) -> None:
         self.step = step
 
@@ -177,6 +179,8 @@ class SaveFinalState(pl.Callback):
     Args:
         path: Output file (``torch.save``).
     """
+
+    resume_neutral = True  # a resumed run may add it (clfw.resume)
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -291,3 +295,70 @@ def write_cifar(root: Path, name: str, per_class: int) -> None:
         data[np.arange(len(labels)), labels % 3] += (50 + labels * (100 // classes)).astype(np.uint8)[:, None, None]
         with open(root / folder / f, "wb") as fh:
             pickle.dump({b"data": data.reshape(len(labels), -1), key: labels.tolist()}, fh)
+
+
+class KillAt(pl.Callback):
+    """Kills its own process with SIGKILL at a kill point of the kill-anywhere matrix (a neutral callback: a resumed
+    run may drop it).
+
+    Args:
+        point: ``"step"`` (after optimizer step ``step`` and its checkpoint), ``"task_end"`` (in the task-end work of
+            the task ending at ``step``, after the strategy's and plugins' hooks), ``"evaluation"`` (inside the
+            continual-evaluation pass of ``step``) or ``"checkpoint_write"`` (half-way through writing the ``step``-th
+            checkpoint file).
+        step: The step (or checkpoint count) of the kill.
+    """
+
+    resume_neutral = True
+
+    def __init__(self, point: str = "step", step: int = 1) -> None:
+        self.point, self.step = point, step
+
+    @staticmethod
+    def _die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        import clfw.checkpoint
+        from clfw import ContinualEvaluation
+
+        if self.point == "task_end":
+            original_end = ContinualModule._end_task
+
+            def end(module: ContinualModule, task: int) -> None:
+                if module.trainer.global_step != self.step:
+                    return original_end(module, task)
+                module.on_task_end(task)
+                for p in module.plugins:
+                    p.on_task_end(module, task)
+                self._die()
+
+            ContinualModule._end_task = end  # type: ignore[method-assign]
+        elif self.point == "evaluation":
+            original_eval = ContinualEvaluation.evaluate
+
+            def evaluate(cb: ContinualEvaluation, module: ContinualModule, task: int) -> Any:
+                if module.trainer.global_step == self.step:
+                    self._die()
+                return original_eval(cb, module, task)
+
+            ContinualEvaluation.evaluate = evaluate  # type: ignore[method-assign]
+        elif self.point == "checkpoint_write":
+            calls = [0]
+            original_save = torch.save
+
+            def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+                calls[0] += 1
+                if calls[0] == self.step and hasattr(f, "write"):
+                    f.write(b"PK\x03\x04 half a checkpoint")
+                    f.flush()
+                    self._die()
+                original_save(obj, f, *args, **kwargs)
+
+            clfw.checkpoint.torch.save = save  # type: ignore[assignment]
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.point == "step" and trainer.global_step >= self.step:
+            self._die()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,9 +97,11 @@ def test_unknown_class_path_is_a_clear_error(tmp_path: Path, capsys: pytest.Capt
     assert "Problem with given class_path 'mylab.NoSuchStrategy'" in capsys.readouterr().err
 
 
-def test_max_epochs_by_hand_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"trainer.max_epochs=7, but the stream takes .* = 4 epochs"):
+def test_max_epochs_by_hand_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", *configs(tmp_path, trainer=TRAINER, data=DATA, model=MODEL), "--trainer.max_epochs=7"])
+    assert exit_info.value.code == 2
+    assert re.search(r"trainer.max_epochs=7, but the stream takes .* = 4 epochs", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("config", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.yaml")))
