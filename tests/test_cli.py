@@ -79,6 +79,7 @@ def test_short_names_and_outside_strategy_with_plugin(tmp_path: Path) -> None:
     main(
         [
             *args[:-4],
+            f"--trainer.default_root_dir={tmp_path / 'second'}",  # a run per directory
             "--model=tests.helpers.ScaledLoss",
             "--model.factor=0.5",
             "--model.backbone=clfw.backbones.MLP",
@@ -87,7 +88,7 @@ def test_short_names_and_outside_strategy_with_plugin(tmp_path: Path) -> None:
             "--model.plugins.weight=0.1",
         ]
     )
-    assert json.loads((tmp_path / "metrics.json").read_text())["tasks_completed"] == 2
+    assert json.loads((tmp_path / "second" / "metrics.json").read_text())["tasks_completed"] == 2
 
 
 def test_unknown_class_path_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
