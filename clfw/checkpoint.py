@@ -15,7 +15,7 @@ import fnmatch
 import glob
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -137,45 +137,63 @@ def _qualname(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts and lists as one dict of dotted keys (list items by index).
+class _Absent:
+    """Marks a key that one of two configurations lacks."""
 
-    >>> flatten({"a": {"b": 1, "c": [2, {"d": 3}]}})
-    {'a.b': 1, 'a.c.0': 2, 'a.c.1.d': 3}
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+ABSENT = _Absent()
+
+
+def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config (dicts and lists) as ``{dotted key: leaf value}``; list items are keyed by their index.
+
+    Empty dicts and lists are leaves, so ``{}`` and ``[]`` stay distinct from an absent key.
+
+    >>> flatten_config({"a": {"b": 1, "c": [2, {"d": None}]}, "e": {}})
+    {'a.b': 1, 'a.c.0': 2, 'a.c.1.d': None, 'e': {}}
     """
-    if isinstance(config, Mapping):
+    if isinstance(config, dict) and config:
         items: Iterable[tuple[Any, Any]] = config.items()
-    elif isinstance(config, (list, tuple)):
+    elif isinstance(config, list) and config:
         items = enumerate(config)
     else:
         return {prefix: config}
-    out: dict[str, Any] = {}
-    for k, v in items:
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, (Mapping, list, tuple)) and len(v) > 0:
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
-def config_differences(
-    a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str] = ()
-) -> list[tuple[str, Any, Any]]:
-    """``(key, value in a, value in b)`` for every flattened key whose values differ, keys matching a glob pattern in
-    ``ignore`` left out; a missing key has the value ``"<unset>"``.
+def ignored(key: str, patterns: Sequence[str]) -> bool:
+    """Whether ``key`` or one of its dotted prefixes matches a glob pattern."""
+    parts = key.split(".")
+    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatch.fnmatchcase(p, pattern) for p in prefixes for pattern in patterns)
 
-    >>> config_differences({"x": 1, "y": {"z": 2}, "log": 1}, {"x": 1, "y": {"z": 3}, "log": 2}, ignore=["log*"])
-    [('y.z', 2, 3)]
+
+def config_differences(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
+    """The leaves where two nested configs differ, as sorted ``(dotted key, value in a, value in b)``.
+
+    A key missing on one side has the value ``ABSENT`` there. ``ignore`` holds glob patterns (:mod:`fnmatch`, where
+    ``*`` also matches dots) over dotted keys; a key is ignored when it or one of its dotted prefixes matches, so
+    ``"trainer.logger"`` ignores the whole logger subtree.
+
+    >>> a = {"seed_everything": 0, "model": {"lr": 0.1, "hidden": [8, 8]}, "trainer": {"logger": False}}
+    >>> b = {"seed_everything": 1, "model": {"lr": 0.01, "hidden": [8]}, "trainer": {"logger": {"version": 1}}}
+    >>> config_differences(a, b, ignore=["seed_everything", "trainer.logger"])
+    [('model.hidden.1', 8, <absent>), ('model.lr', 0.1, 0.01)]
+    >>> config_differences(a, a)
+    []
     """
-    fa, fb = flatten(a), flatten(b)
     patterns = list(ignore)
+    flat_a, flat_b = flatten_config(a), flatten_config(b)
     out = []
-    for key in sorted(set(fa) | set(fb)):
-        if any(fnmatch.fnmatchcase(key, p) for p in patterns):
-            continue
-        va, vb = fa.get(key, "<unset>"), fb.get(key, "<unset>")
-        if va != vb:
+    for key in sorted(flat_a.keys() | flat_b.keys()):
+        va, vb = flat_a.get(key, ABSENT), flat_b.get(key, ABSENT)
+        if va != vb and not ignored(key, patterns):
             out.append((key, va, vb))
     return out
 

@@ -28,7 +28,14 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from typing_extensions import override
 
-from clfw.checkpoint import CheckpointError, config_differences, describe_differences, flatten, read_checkpoint
+from clfw.checkpoint import (
+    CheckpointError,
+    config_differences,
+    describe_differences,
+    flatten_config,
+    ignored,
+    read_checkpoint,
+)
 from clfw.runs import run_dir
 
 ResumePolicy = Literal["auto", "require", "never"]
@@ -90,14 +97,10 @@ def _is_neutral(class_path: str) -> bool:
 def run_config(config: dict[str, Any], global_batch_size: int) -> dict[str, Any]:
     """The flattened config that identifies a run: everything but :data:`MAY_CHANGE_ON_RESUME`, plus the global batch
     and the callbacks that are not neutral (by class path and arguments, in order)."""
-    flat = {
-        k: v
-        for k, v in flatten(config).items()
-        if not any(re.fullmatch(p.replace(".", r"\.").replace("*", ".*"), k) for p in MAY_CHANGE_ON_RESUME)
-    }
+    flat = {k: v for k, v in flatten_config(config).items() if not ignored(k, MAY_CHANGE_ON_RESUME)}
     callbacks = (config.get("trainer") or {}).get("callbacks") or []
     kept = [cb for cb in callbacks if isinstance(cb, dict) and not _is_neutral(str(cb.get("class_path", "")))]
-    flat.update({f"callbacks.{k}": v for k, v in flatten(kept).items()} if kept else {"callbacks": []})
+    flat.update({f"callbacks.{k}": v for k, v in flatten_config(kept).items()} if kept else {"callbacks": []})
     flat["global_batch_size"] = global_batch_size
     return flat
 

@@ -16,16 +16,17 @@ Runs whose saved configurations differ other than by seed and per-run paths are 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import glob
 import json
 import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from clfw.checkpoint import config_differences
 
 # (label, path into metrics.json), in table order
 COLUMNS: list[tuple[str, tuple[str, ...]]] = [
@@ -46,66 +47,6 @@ PER_RUN_KEYS: tuple[str, ...] = (
     "trainer.callbacks.*.init_args.*path",
     "ckpt_path",
 )
-
-
-class _Absent:
-    """Marks a key that one of two configurations lacks."""
-
-    def __repr__(self) -> str:
-        return "<absent>"
-
-
-ABSENT = _Absent()
-
-
-def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config (dicts and lists) as ``{dotted key: leaf value}``; list items are keyed by their index.
-
-    Empty dicts and lists are leaves, so ``{}`` and ``[]`` stay distinct from an absent key.
-
-    >>> flatten_config({"a": {"b": 1, "c": [2, {"d": None}]}, "e": {}})
-    {'a.b': 1, 'a.c.0': 2, 'a.c.1.d': None, 'e': {}}
-    """
-    if isinstance(config, dict) and config:
-        items: Iterable[tuple[Any, Any]] = config.items()
-    elif isinstance(config, list) and config:
-        items = enumerate(config)
-    else:
-        return {prefix: config}
-    flat: dict[str, Any] = {}
-    for key, value in items:
-        flat.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def _ignored(key: str, patterns: Sequence[str]) -> bool:
-    parts = key.split(".")
-    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
-    return any(fnmatch.fnmatchcase(p, pattern) for p in prefixes for pattern in patterns)
-
-
-def config_differences(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
-    """The leaves where two nested configs differ, as sorted ``(dotted key, value in a, value in b)``.
-
-    A key missing on one side has the value ``ABSENT`` there. ``ignore`` holds glob patterns (:mod:`fnmatch`, where
-    ``*`` also matches dots) over dotted keys; a key is ignored when it or one of its dotted prefixes matches, so
-    ``"trainer.logger"`` ignores the whole logger subtree.
-
-    >>> a = {"seed_everything": 0, "model": {"lr": 0.1, "hidden": [8, 8]}, "trainer": {"logger": False}}
-    >>> b = {"seed_everything": 1, "model": {"lr": 0.01, "hidden": [8]}, "trainer": {"logger": {"version": 1}}}
-    >>> config_differences(a, b, ignore=["seed_everything", "trainer.logger"])
-    [('model.hidden.1', 8, <absent>), ('model.lr', 0.1, 0.01)]
-    >>> config_differences(a, a)
-    []
-    """
-    patterns = list(ignore)
-    flat_a, flat_b = flatten_config(a), flatten_config(b)
-    out = []
-    for key in sorted(flat_a.keys() | flat_b.keys()):
-        va, vb = flat_a.get(key, ABSENT), flat_b.get(key, ABSENT)
-        if va != vb and not _ignored(key, patterns):
-            out.append((key, va, vb))
-    return out
 
 
 def _get(data: dict[str, Any], path: tuple[str, ...]) -> float | None:

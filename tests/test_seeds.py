@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from clfw.seeds import ABSENT, PER_RUN_KEYS, SEED_KEYS, config_differences, load_runs, main
+from clfw.checkpoint import ABSENT
+from clfw.seeds import PER_RUN_KEYS, SEED_KEYS, config_differences, load_runs, main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """
