@@ -131,11 +131,40 @@ class ContinualModule(pl.LightningModule):
         """Raw logits over all classes, ``[B, num_classes]``."""
         return self.head(self.features(x))
 
-    def copy_model(self, frozen: bool = False) -> nn.ModuleDict:
-        """A deep copy ``{"backbone", "head"}`` of the network (``copy["head"](copy["backbone"](x))`` gives logits);
-        ``frozen`` turns its gradients off. The frozen teachers of LwF and iCaRL, GDumb's model retrained from scratch.
+    def copy_model(self, frozen: bool = False, task: int | None = None) -> ContinualModule:
+        """A deep copy of the network that predicts exactly as the module: ``copy(x)`` equals ``self(x)``.
+
+        The copy is a module of the same class, with its own copies of the parameters, buffers and submodules that
+        ``forward`` uses (backbone, head, prompts ...). It leaves out the Trainer reference, the plugins, replay
+        memories (:class:`~clfw.buffers.Memory`) and earlier copies held as submodules (iCaRL's teacher), so no memory
+        is duplicated and a teacher holds no teacher. The module's other attributes (hyperparameters, the stream,
+        caches) are shared with the copy, not copied. It is not attached to a Trainer: use it for ``forward`` (and
+        ``masked``), not for training hooks. The frozen teachers of LwF and iCaRL, and GDumb's model retrained from
+        scratch, are such copies.
+
+        Args:
+            frozen: Turn the copy's gradients off.
+            task: The copy's ``current_task`` (default: the module's), which some forwards read (CODA-Prompt's
+                components); a copy rebuilt to load a checkpoint's teacher passes the task the teacher was taken at.
         """
-        model = nn.ModuleDict({"backbone": copy.deepcopy(self.backbone), "head": copy.deepcopy(self.head)})
+        from clfw.buffers import Memory
+
+        internals = set(vars(nn.Module()))  # parameters, buffers, submodules, hooks, the train flag: copied
+        memo: dict[int, Any] = {
+            id(value): value
+            for name, value in vars(self).items()
+            if name not in internals
+            and not isinstance(value, Tensor | nn.Module)
+            and getattr(value, "__self__", None) is not self  # e.g. Lightning's DDP leaves `forward` bound to self
+        }
+        memo[id(self.plugins)] = nn.ModuleList()
+        left_out = (m for m in self.modules() if m is not self and isinstance(m, Memory | ContinualModule))
+        memo.update({id(m): None for m in left_out})
+        model = copy.deepcopy(self, memo)  # LightningModule.__getstate__ drops the Trainer
+        if task is not None:
+            model.current_task = task
+            if model._stream is not None:
+                model._update_seen_mask()
         return model.requires_grad_(False) if frozen else model
 
     @property

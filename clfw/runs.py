@@ -30,8 +30,7 @@ def run_dir(trainer: pl.Trainer) -> str:
 
     CSV and TensorBoard loggers have a versioned ``log_dir``; for other loggers (W&B, MLflow ...), whose ``save_dir`` is
     shared by all runs, it is ``save_dir/name/version`` (for W&B: ``save_dir/project/run id``), which is also where
-    Lightning's ``ModelCheckpoint`` puts their checkpoints. Under DDP the version is broadcast from rank 0, so every
-    rank must call this.
+    Lightning's ``ModelCheckpoint`` puts their checkpoints.
     """
     if not trainer.loggers:
         return trainer.default_root_dir
@@ -47,10 +46,11 @@ def run_dir(trainer: pl.Trainer) -> str:
 
 def claim_run_dir(trainer: pl.Trainer, filename: str = "metrics.json") -> str:
     """``run_dir(trainer)``, after checking that a new run (no ``ckpt_path``) does not write into a directory that
-    already holds a run's ``filename``. Call it on every rank."""
+    already holds a run's ``filename``. Call it on every rank (rank 0 decides, by a broadcast)."""
     directory = run_dir(trainer)
     path = os.path.join(directory, filename)
-    if trainer.ckpt_path is None and os.path.exists(path):
+    taken = trainer.strategy.broadcast(trainer.is_global_zero and os.path.exists(path))  # rank 0 decides for all
+    if trainer.ckpt_path is None and taken:
         raise RunDirectoryError(
             f"{directory} already holds another run's {filename}: give this run its own directory (a logger "
             "version, or another default_root_dir with --trainer.logger false) or resume that run (clfw fit --resume)"

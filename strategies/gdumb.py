@@ -63,7 +63,7 @@ class GDumb(ContinualModule):
                 f"epochs, batch_size must be >= 1 and min_lr, clip >= 0; got {epochs}, {batch_size}, {min_lr}, {clip}"
             )
         self.epochs, self.batch_size, self.min_lr, self.clip, self.seed = epochs, batch_size, min_lr, clip, seed
-        self.buffer = ClassBalancedBuffer(buffer_size, seed)
+        self.buffer = ClassBalancedBuffer(buffer_size, seed, "buffer_size")
         self.placeholder = nn.Parameter(torch.zeros(()))
 
     @override
@@ -77,8 +77,9 @@ class GDumb(ContinualModule):
         self.buffer.add(x=self.raw_inputs(batch), y=batch.y, task=batch.task)
         return self.placeholder * 0.0
 
-    def retrain(self, task: int) -> nn.ModuleDict:
-        """A model (``backbone``, ``head``) trained from scratch on the memory."""
+    def retrain(self, task: int) -> ContinualModule:
+        """A copy of the network (:meth:`~clfw.ContinualModule.copy_model`, without the memory) re-initialised and
+        trained from scratch on the memory; ``model(x)`` gives its logits."""
         model = self.copy_model()
         n = len(self.buffer)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -87,18 +88,20 @@ class GDumb(ContinualModule):
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
             model.requires_grad_(True).train()
-            optimizer = self.optimizer_factory(list(model.parameters()))
+            model.placeholder.requires_grad_(False)  # not part of the network
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = self.optimizer_factory(params)
             scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, 1, 2, eta_min=self.min_lr)
             for _ in range(self.epochs):
                 for idx in torch.randperm(n).split(self.batch_size):
                     idx = idx.to(self.device)
                     x, y, t = self.replay_inputs(self.buffer.x[idx]), self.buffer.y[idx], self.buffer.task[idx]
                     with torch.enable_grad():
-                        loss = F.cross_entropy(self.masked(model["head"](model["backbone"](x)), t), y)
+                        loss = F.cross_entropy(self.masked(model(x), t), y)
                         optimizer.zero_grad()
                         loss.backward()
                     if self.clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
+                        torch.nn.utils.clip_grad_norm_(params, self.clip)
                     optimizer.step()
                 scheduler.step()
         return model
@@ -111,9 +114,12 @@ class GDumb(ContinualModule):
             f"GDumb: task {task}: retrained from scratch on {len(self.buffer)} memory samples "
             f"({self.buffer.class_counts()}) for {self.epochs} epochs in {time.perf_counter() - start:.1f} s"
         )
+        own, new = self.state_dict(), model.state_dict()  # the copy's state: the network's, no memory, no plugins
         with torch.no_grad():
-            self.backbone.load_state_dict(model["backbone"].state_dict())
-            self.head.load_state_dict(model["head"].state_dict())
+            for name, value in new.items():
+                if isinstance(value, Tensor):
+                    own[name].copy_(value)
             if world()[1] > 1:
-                for t in [*self.backbone.state_dict().values(), *self.head.state_dict().values()]:
-                    dist.broadcast(t, src=0)
+                for name, value in new.items():
+                    if isinstance(value, Tensor):
+                        dist.broadcast(own[name], src=0)

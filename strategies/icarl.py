@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F  # noqa: N812
 from typing_extensions import override
 
@@ -48,9 +48,11 @@ class ICaRL(ContinualModule):
         super().__init__(**kwargs)
         if replay_batch_size < 1:
             raise ValueError(f"replay_batch_size must be >= 1, got {replay_batch_size}")
+        if memory_size < 1:
+            raise ValueError(f"memory_size must be >= 1 (at least one exemplar per class), got {memory_size}")
         self.replay_batch_size = replay_batch_size
         self.buffer = Memory(memory_size, buffer_seed)
-        self.teacher: nn.Module | None = None
+        self.teacher: ContinualModule | None = None
 
     @override
     def attach_stream(self, dm: Any) -> None:
@@ -73,7 +75,7 @@ class ICaRL(ContinualModule):
         if self.teacher is not None:
             old = self.stream.seen_class_mask(range(self.current_task)).to(self.device)
             with torch.no_grad(), eval_mode(self.teacher):
-                previous = torch.sigmoid(self.teacher["head"](self.teacher["backbone"](x)))
+                previous = torch.sigmoid(self.teacher(x))
             targets[:, old] = previous[:, old]
         mask = self.class_mask(task)
         bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -124,4 +126,5 @@ class ICaRL(ContinualModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if self.teacher is None and any(k.startswith("teacher.") for k in checkpoint["state_dict"]):
-            self.teacher = self.copy_model(frozen=True)
+            # the previous model is the model at the end of the last finished task
+            self.teacher = self.copy_model(frozen=True, task=self.current_task - (not self.task_ended))

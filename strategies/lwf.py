@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from typing_extensions import override
 
 from clfw import Batch, ContinualModule, Plugin
@@ -15,9 +15,10 @@ from clfw.evaluation import eval_mode
 class LwF(Plugin):
     """Learning without Forgetting (Li & Hoiem, ECCV 2016 / TPAMI 2017).
 
-    At the end of each task it freezes a copy of the model (backbone and head) as the teacher. While training later
-    tasks it adds ``alpha * L_old``, the paper's knowledge-distillation loss on the current batch: the cross-entropy
-    between the teacher's and the student's temperature-``T`` softmax over the old classes' logits,
+    At the end of each task it freezes a copy of the model as the teacher (:meth:`~clfw.ContinualModule.copy_model`:
+    the whole network its ``forward`` uses, prompts included, so the teacher predicts exactly as the model did). While
+    training later tasks it adds ``alpha * L_old``, the paper's knowledge-distillation loss on the current batch: the
+    cross-entropy between the teacher's and the student's temperature-``T`` softmax over the old classes' logits,
     ``-sum_c softmax(z_teacher / T)_c log softmax(z_student / T)_c`` (it differs from the KL divergence only by the
     teacher's entropy, a constant). The old classes are those of the tasks before the current one (all classes in
     domain-IL). The teacher runs in eval mode without gradients. Logged as ``train/lwf``.
@@ -45,7 +46,7 @@ class LwF(Plugin):
         if weighting not in ("fixed", "balanced"):
             raise ValueError(f"weighting must be 'fixed' or 'balanced', got {weighting!r}")
         self.alpha, self.temperature, self.weighting = alpha, temperature, weighting
-        self.teacher: nn.Module | None = None
+        self.teacher: ContinualModule | None = None
 
     @override
     def on_setup(self, module: ContinualModule) -> None:
@@ -69,9 +70,7 @@ class LwF(Plugin):
         old = self.old_classes(module)
         student = outputs["logits"] if "logits" in outputs else module(batch.x)
         with torch.no_grad(), eval_mode(self.teacher):
-            target = torch.softmax(
-                self.teacher["head"](self.teacher["backbone"](batch.x))[:, old] / self.temperature, 1
-            )
+            target = torch.softmax(self.teacher(batch.x)[:, old] / self.temperature, 1)
         log_p = torch.log_softmax(student[:, old] / self.temperature, dim=1)
         weight = self.alpha * (module.current_task * self.temperature**2 if self.weighting == "balanced" else 1.0)
         return {"lwf": weight * -(target * log_p).sum(1).mean()}
@@ -81,5 +80,6 @@ class LwF(Plugin):
             host = getattr(self, "_host", None)
             if host is None:
                 raise RuntimeError("LwF can load a teacher only once attached to a module (after setup/attach_stream)")
-            self.teacher = host.copy_model(frozen=True)
+            # the teacher is the model at the end of the last finished task
+            self.teacher = host.copy_model(frozen=True, task=host.current_task - (not host.task_ended))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -34,7 +34,7 @@ def test_memory_is_class_balanced_and_the_model_is_retrained_from_scratch_on_it(
         for p in [*m.backbone.parameters(), *m.head.parameters()]:
             p.add_(torch.randn_like(p))
     again = m.retrain(1)
-    assert torch.equal(torch.cat([flat(again["backbone"]), flat(again["head"])]), final)
+    assert torch.equal(torch.cat([flat(again.backbone), flat(again.head)]), final)
     assert matrix.rows[-1][0] > 0.5 and matrix.rows[-1][1] > 0.5, "the memory-trained model knows both tasks"
 
 

@@ -25,7 +25,7 @@ def main(outdir: str) -> None:
         trainer = pl.Trainer(
             accelerator="cpu", devices=2, strategy="ddp", max_epochs=dm.total_epochs, callbacks=[matrix],
             logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            default_root_dir=outdir,
+            default_root_dir=f"{outdir}/{name}",  # a run per directory
         )  # fmt: skip
         trainer.fit(model, dm)
         torch.save(
