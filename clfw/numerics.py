@@ -56,12 +56,13 @@ class FiniteGuard:
             self.loss_ok.to(device) if self.loss_ok is not None else torch.ones((), dtype=torch.bool, device=device)
         )
         self.loss_ok = None
-        bad = (~torch.isfinite(norm) | ~loss_ok).to(torch.uint8)
+        local = (~torch.isfinite(norm) | ~loss_ok).to(torch.uint8)
+        bad = local.clone()
         if world()[1] > 1:  # a rank-local NaN loss with finite averaged gradients: every rank must decide the same
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         if device.type == "cpu":
             if bad.item():
-                raise NonFiniteError(self._message(module, step, norm, self.terms))
+                raise NonFiniteError(self._message(module, step, norm, self.terms, elsewhere=not local.item()))
             return
         bad = bad.bool()
         if self.flag is None:
@@ -90,11 +91,18 @@ class FiniteGuard:
             )
 
     @staticmethod
-    def _message(module: ContinualModule, step: int, norm: Tensor, terms: dict[str, Tensor]) -> str:
+    def _message(
+        module: ContinualModule, step: int, norm: Tensor, terms: dict[str, Tensor], elsewhere: bool = False
+    ) -> str:
         values = {name: float(t.float().sum()) if t.numel() else 0.0 for name, t in terms.items()}
         bad = [name for name, v in values.items() if name != "total" and not _finite(v)]
         shown = ", ".join(f"{name}={v:.4g}" for name, v in values.items())
-        culprit = f"loss term {', '.join(repr(b) for b in bad)} is not finite" if bad else "the gradient is not finite"
+        if elsewhere:
+            culprit = "the loss of another rank is not finite (its error names the term)"
+        elif bad:
+            culprit = f"loss term {', '.join(repr(b) for b in bad)} is not finite"
+        else:
+            culprit = "the gradient is not finite"
         return (
             f"non-finite training at task {module.current_task}, global step {step}: {culprit} ({shown}; "
             f"gradient norm {float(norm):.4g}); the run is stopped so that no metric of a broken model is reported"
