@@ -135,8 +135,10 @@ class CODAPrompt(PromptModule):
             self._freeze_earlier()
 
     @override
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # the earlier components are fixed: undo what the optimizer (weight decay, momentum) may have done to them
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # the earlier components are fixed: undo what the optimizer (weight decay, momentum) did to them, right after
+        # the step, so that every evaluation, task end and checkpoint of this step sees them unchanged
         with torch.no_grad():
             for p, frozen in zip(self._params(), self._frozen[1], strict=True):
                 p[:, : frozen.shape[1]] = frozen

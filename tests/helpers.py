@@ -155,6 +155,25 @@ class RecordEvents(ContinualCallback):
         self.events.append(("end", task, trainer.current_epoch))
 
 
+class Interrupt(pl.Callback):
+    """Stops the run with an exception once ``step`` optimizer steps are done. Lightning runs checkpoint callbacks
+    after all others, so a checkpoint of that very step is not written (stop one step later to resume from it).
+
+    Args:
+        step: Optimizer step after which to stop.
+    """
+
+    resume_neutral = True
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"interrupted after step {self.step}")
+
+
 class KillAtStep(pl.Callback):
     """Kills its own process with SIGKILL once ``global_step`` reaches ``step`` (after any checkpoint of that step).
 

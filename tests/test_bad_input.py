@@ -22,20 +22,14 @@ from typing_extensions import override
 from clfw import Batch
 from clfw.cli import ContinualCLI, main
 from strategies import Naive
+from tests.test_cli import TRAINER
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter is intended")
 
-BASE = """
-seed_everything: 1
-trainer:
-  accelerator: cpu
-  devices: 1
-  logger: false
-  enable_progress_bar: false
-  enable_model_summary: false
-  enable_checkpointing: false
-data:
+BASE = (
+    TRAINER
+    + """data:
   class_path: tests.helpers.TinyStream
   init_args: {batch_size: 8, epochs_per_task: 2}  # TinyStream: 2 tasks of 2 classes
 model:
@@ -44,6 +38,7 @@ model:
     backbone: {class_path: clfw.backbones.MLP, init_args: {in_features: 16, hidden: [8]}}
     optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}
 """
+)
 
 VIT = {
     "vit": "vit_tiny_patch16_224",

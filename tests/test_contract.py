@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
-from typing_extensions import override
 
 import strategies
 from clfw import ContinualModule, Plugin
 from clfw.backbones import MLP
 from clfw.prompt import PromptModule
-from tests.helpers import TinyStream, assert_same_state, fit, snapshot, tiny_vit
+from tests.helpers import Interrupt, TinyStream, assert_same_state, fit, snapshot, tiny_vit
 
 TINY_KWARGS: dict[str, dict[str, Any]] = {
     "Naive": {},
@@ -61,18 +60,6 @@ def make(name: str) -> ContinualModule:
 def test_every_strategy_has_an_entry() -> None:
     missing = [n for n in NAMES if n not in TINY_KWARGS]
     assert not missing, f"add tiny kwargs for {missing} to TINY_KWARGS"
-
-
-class Interrupt(pl.Callback):
-    """Stops the run with an exception once ``step`` optimizer steps are done (after that step's checkpoint)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @override
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError("interrupted")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -15,14 +15,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from typing_extensions import override
 
 import strategies
 from benchmarks import SplitCIFAR10
 from clfw import Batch, RandomCropFlip
 from clfw.backbones import MLP
 from clfw.loaders import TaskLoader
-from tests.helpers import assert_same_state, fit, snapshot, write_cifar
+from tests.helpers import Interrupt, assert_same_state, fit, snapshot, write_cifar
 
 # 2 images per class in each CIFAR file: 10 training images per class, 50 per task (7 batches of 8), 2 tasks
 PER_CLASS = 2
@@ -64,18 +63,6 @@ def run(root: Path, **data_kwargs: Any) -> tuple[dict[str, Any], list[list[float
 @pytest.fixture(scope="module")
 def reference(cifar_root: Path) -> tuple[dict[str, Any], list[list[float]]]:
     return run(cifar_root, num_workers=0)
-
-
-class Interrupt(pl.Callback):
-    """Stops the run with an exception once ``step`` optimizer steps are done (after that step's checkpoint)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @override
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError("interrupted")
 
 
 def epoch_batches(loader: TaskLoader) -> list[Batch]:

@@ -15,8 +15,7 @@ from clfw import ContinualCallback, ContinualModule
 from clfw.backbones import MLP
 from strategies import Naive
 from strategies.si import SI
-from tests.helpers import TinyStream, assert_same_state, fit, snapshot
-from tests.test_contract import Interrupt
+from tests.helpers import Interrupt, TinyStream, assert_same_state, fit, snapshot
 
 LR = 0.05
 
