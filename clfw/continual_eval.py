@@ -122,6 +122,8 @@ class ContinualEvaluation(ContinualCallback):
     # ------------------------------------------------------------------------------------------------ hooks
     def _record(self, trainer: pl.Trainer, module: ContinualModule, task: int) -> None:
         step = trainer.global_step
+        if callable(getattr(module, "check_finite", None)):  # never log the accuracy of a broken model
+            module.check_finite(f"the continual evaluation of step {step}")
         accs = self.evaluate(module, task)
         self.last = self.tracker.update(step, task, accs)
         self._last_step = step

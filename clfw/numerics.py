@@ -28,9 +28,15 @@ class NonFiniteError(FloatingPointError):
 
 
 class FiniteGuard:
-    """Records each step's loss terms and checks the step's total loss and gradient norm."""
+    """Records each step's loss terms and checks the step's total loss and gradient norm.
 
-    def __init__(self) -> None:
+    Args:
+        defer: Keep the verdict on the device and read it only in :meth:`raise_if_flagged` (``None``: on accelerators,
+            not on the CPU).
+    """
+
+    def __init__(self, defer: bool | None = None) -> None:
+        self.defer = defer
         self.terms: dict[str, Tensor] = {}
         self.loss_ok: Tensor | None = None  # all micro-batches of the step so far had a finite total loss
         self.flag: Tensor | None = None  # accelerator: a non-finite step happened
@@ -60,7 +66,7 @@ class FiniteGuard:
         bad = local.clone()
         if world()[1] > 1:  # a rank-local NaN loss with finite averaged gradients: every rank must decide the same
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        if device.type == "cpu":
+        if not (self.defer if self.defer is not None else device.type != "cpu"):
             if bad.item():
                 raise NonFiniteError(self._message(module, step, norm, self.terms, elsewhere=not local.item()))
             return
@@ -69,7 +75,7 @@ class FiniteGuard:
             self.flag = torch.zeros((), dtype=torch.bool, device=device)
             self.first = {"step": torch.full((), -1, dtype=torch.long, device=device), "norm": norm.clone()}
         first = bad & ~self.flag
-        self.first["step"] = torch.where(first, torch.tensor(step, device=device), self.first["step"])
+        self.first["step"] = torch.where(first, torch.full((), step, device=device), self.first["step"])
         self.first["norm"] = torch.where(first, norm, self.first["norm"])
         for name, value in self.terms.items():
             old = self.first.get(f"term/{name}", torch.zeros_like(value))

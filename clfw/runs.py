@@ -19,6 +19,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities import rank_zero_warn
 
 
 class RunDirectoryError(ValueError):
@@ -94,6 +95,17 @@ def pending_train_row(trainer: pl.Trainer) -> dict[str, Any] | None:
     """The row of step metrics that Lightning will log right after the ``on_train_batch_end`` hooks of this step (a
     checkpoint written in those hooks comes before it, and a run resumed from that checkpoint never logs it), or
     ``None``. It mirrors ``_LoggerConnector.update_train_step_metrics``: same condition, values, ``epoch`` and step."""
+    try:
+        return _pending_train_row(trainer)
+    except AttributeError as err:  # Lightning's internals moved: the row is logged after the checkpoint as before
+        rank_zero_warn(
+            f"clfw could not predict the step row Lightning logs after this checkpoint ({err}); a run "
+            "resumed from it will miss that row of metrics.csv"
+        )
+        return None
+
+
+def _pending_train_row(trainer: pl.Trainer) -> dict[str, Any] | None:
     connector = trainer._logger_connector
     loop = trainer.fit_loop
     if not trainer.training or trainer._results is None or connector._first_loop_iter is None:

@@ -250,3 +250,23 @@ def test_a_rank_local_nan_stops_every_ddp_rank_at_the_same_step(tmp_path: Path) 
     texts = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
     assert "task 1, global step 5: the loss of another rank is not finite" in texts[0], texts[0]
     assert "task 1, global step 5: loss term 'rank_local' is not finite" in texts[1], texts[1]
+
+
+def test_the_deferred_verdict_names_the_first_bad_step_and_its_term() -> None:
+    """The accelerator path (no per-step synchronisation), run on the CPU: steps go on after the bad one, and the
+    check before the next evaluation, task end or checkpoint names the first bad step, its terms and its task."""
+    from clfw.numerics import FiniteGuard
+
+    module = naive()
+    module.attach_stream(TinyStream(n_tasks=2))
+    module.current_task = 1
+    guard = FiniteGuard(defer=True)
+    for step, fragile in enumerate([0.0, float("nan"), 0.0, float("inf")]):
+        for p in module.parameters():
+            p.grad = torch.full_like(p, 0.1) * (1.0 if fragile == 0 else fragile)
+        loss = torch.tensor(1.0)
+        guard.record(loss + fragile, {"loss": loss, "fragile": torch.tensor(fragile)})
+        guard.check_step(module, step)  # never raises, never synchronises
+    with pytest.raises(NonFiniteError, match=r"task 1, global step 1: loss term 'fragile' is not finite \(loss=1"):
+        module.finite_guard = guard
+        module.check_finite("an evaluation")
