@@ -468,6 +468,7 @@ class ContinualModule(pl.LightningModule):
             diffs = config_differences(state["fingerprint"], now)
             if diffs:
                 raise CheckpointError("the checkpoint belongs to another run: " + describe_differences(diffs))
+        _close_finished_epoch(checkpoint)
         self.current_task, self.task_ended = state["task"], state["task_ended"]
         self._pending_task_end = state["task_end_pending"]
         self._pending_rng = state["rng"]
@@ -475,6 +476,25 @@ class ContinualModule(pl.LightningModule):
             restore_csv_history(self.trainer, state["csv_history"])
         if self._stream is not None:
             self._update_seen_mask()
+
+
+def _close_finished_epoch(checkpoint: dict[str, Any]) -> None:
+    """Makes Lightning treat the checkpoint's epoch as finished when it was written after that epoch's last batch.
+
+    Lightning (2.6) resumes such a checkpoint in the next epoch, but decides whether the saved epoch is over by
+    comparing the batches done with the length of the *next* epoch's loader. When the next epoch is longer (Cumulative
+    at a task boundary, or a stream whose next task is larger), it takes the next epoch as already part-done and skips
+    its first batches. The saved batch counters of the finished epoch are raised beyond any loader's length, so the
+    comparison always says "over"; Lightning then resets them to zero for the next epoch, as it does when the lengths
+    match. Only ``current`` counters of a checkpoint written in ``on_train_batch_end`` of an epoch's last batch change.
+    """
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    if not progress or not progress.get("is_last_batch"):
+        return
+    cur = progress["current"]
+    if cur["ready"] == cur["started"] == cur["processed"] == cur["completed"] + 1:  # saved in on_train_batch_end
+        beyond = 2**40
+        cur.update(ready=beyond, started=beyond, processed=beyond, completed=beyond - 1)
 
 
 def _clfw_version() -> str:

@@ -22,8 +22,9 @@ from clfw import ContinualEvaluation, ContinualModule
 from tests.helpers import Interrupt, TinyStream, assert_same_state, fit, snapshot
 from tests.test_contract import make
 
-FAMILIES = ["Naive", "ER", "EWC", "GDumb", "ICaRL", "L2P", "Refresh"]
-KILL_POINTS = ["mid_task", "last_step", "task_end", "evaluation", "checkpoint_write"]
+# Cumulative: its epochs grow at a task boundary (Lightning compares a checkpoint's batch count with the next loader's)
+FAMILIES = ["Naive", "Cumulative", "ER", "EWC", "GDumb", "ICaRL", "L2P", "Refresh"]
+KILL_POINTS = ["mid_task", "last_step", "epoch_end", "task_end", "evaluation", "checkpoint_write"]
 
 
 class Crash(RuntimeError):  # noqa: N818  (the simulated kill, named as what it stands for)
@@ -37,18 +38,18 @@ def stream() -> TinyStream:
 def run(
     name: str, root: Path, ckpt_every: int | None = None, extra: list[pl.Callback] | None = None, **kw: Any
 ) -> tuple[ContinualModule, Any, ContinualEvaluation]:
+    """Fits ``name`` with a checkpoint every ``ckpt_every`` steps (0: at every epoch's end; None: no checkpoints)."""
     module = make(name)
     evaluation = ContinualEvaluation(samples_per_task=10, windows=[3], plot=False)
     callbacks: list[pl.Callback] = [evaluation, *(extra or [])]
-    if ckpt_every:
+    if ckpt_every is not None:
+        every = {"every_n_train_steps": ckpt_every} if ckpt_every else {"every_n_epochs": 1}
         callbacks.append(
-            pl.callbacks.ModelCheckpoint(
-                dirpath=root / "ckpt", every_n_train_steps=ckpt_every, save_last=True, save_top_k=-1
-            )
+            pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=-1, **every)
         )
     logger = pl.loggers.CSVLogger(root, name="", version="run")
     _, matrix = fit(
-        module, stream(), callbacks, logger=logger, enable_checkpointing=bool(ckpt_every), root=str(root), **kw
+        module, stream(), callbacks, logger=logger, enable_checkpointing=ckpt_every is not None, root=str(root), **kw
     )
     return module, matrix, evaluation
 
@@ -65,6 +66,8 @@ def kill(name: str, point: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> 
         patch: Callable[[], None] | None = None
     elif point == "last_step":  # a checkpoint exactly on task 0's last step, the run dies just after it
         stop, every, expected, patch = 13, 12, 12, None
+    elif point == "epoch_end":  # a checkpoint at the end of every epoch (ModelCheckpoint's default), dies in task 1
+        stop, every, expected, patch = 15, 0, 12, None
     elif point == "task_end":  # dies in the strategy's task-end work of task 0 (Fisher, herding, retraining ...)
         stop, every, expected = -1, 5, 10
 
@@ -108,7 +111,7 @@ def kill(name: str, point: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> 
     if patch is not None:
         patch()
     with pytest.raises(RuntimeError, match=r"interrupted|killed"):
-        run(name, root, ckpt_every=every, extra=[Interrupt(stop)])
+        run(name, root, ckpt_every=every, extra=[Interrupt(stop)] if stop > 0 else [])
     monkeypatch.undo()
     last = clfw.checkpoint.read_checkpoint(root / "ckpt" / "last.ckpt")
     assert last["global_step"] == expected, point
