@@ -112,7 +112,7 @@ class ContinualEvaluation(ContinualCallback):
         with eval_mode(module):
             for i in range(0, end, size):
                 self._metric.update(
-                    module.predict(x[i : i + size], t[i : i + size]).argmax(1), y[i : i + size], t[i : i + size]
+                    module.predict(x[i : i + size], t[i : i + size]), y[i : i + size], t[i : i + size]
                 )
         acc, _ = self._metric.compute()
         self._metric.reset()

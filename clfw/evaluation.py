@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 class TaskAccuracy(Metric):
     """Correct and total counts per task and per class, summed across processes.
 
+    ``update`` takes the scores (any ``[B, C]`` tensor whose argmax is the prediction, ``-inf`` allowed for masked
+    classes) or the predicted labels. Samples whose scores hold a NaN are counted, and :meth:`compute` raises
+    :class:`~clfw.numerics.NonFiniteError` if there were any (on every rank, as the count is summed across ranks): an
+    accuracy of a model that outputs NaN is never reported.
+
     Args:
         n_tasks: Number of tasks.
         num_classes: Number of classes.
@@ -49,8 +54,12 @@ class TaskAccuracy(Metric):
             self.add_state(name, torch.zeros(size, dtype=torch.long), dist_reduce_fx="sum")
         for name in ("class_correct", "class_total"):
             self.add_state(name, torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("nan_scores", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor, task: Tensor) -> None:
+        if preds.ndim == 2:  # scores
+            self.nan_scores += torch.isnan(preds).any(1).sum()
+            preds = preds.argmax(1)
         hit = (preds == target).long()
         self.task_correct.scatter_add_(0, task, hit)
         self.task_total.scatter_add_(0, task, torch.ones_like(hit))
@@ -62,6 +71,12 @@ class TaskAccuracy(Metric):
 
         ``Metric.compute`` squeezes a one-element result to a 0-d tensor (one task, or one class): callers reshape it.
         """
+        if self.nan_scores > 0:
+            from clfw.numerics import NonFiniteError
+
+            raise NonFiniteError(
+                f"the model gave NaN scores for {int(self.nan_scores)} evaluation samples: no accuracy is reported"
+            )
         return (
             self.task_correct.double() / self.task_total.double(),
             self.class_correct.double() / self.class_total.double(),
@@ -96,7 +111,7 @@ def evaluate(
         for t in tasks:
             for batch in datamodule.task_loader(t, split):  # type: ignore[arg-type]
                 batch = Batch(*(v.to(module.device, non_blocking=True) for v in batch))
-                metric.update(module.predict(batch.x, batch.task).argmax(1), batch.y, batch.task)
+                metric.update(module.predict(batch.x, batch.task), batch.y, batch.task)
     task_acc, class_acc = (a.reshape(-1) for a in metric.compute())  # torchmetrics squeezes one-element results
     return [float(task_acc[t]) for t in tasks], class_acc.tolist()
 

@@ -54,7 +54,7 @@ class FiniteGuard:
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         device = grads[0].device if grads else module.device
         norm = (
-            torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+            torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)))
             if grads
             else torch.zeros((), device=device)
         )
@@ -89,7 +89,8 @@ class FiniteGuard:
             terms = {k[5:]: v for k, v in self.first.items() if k.startswith("term/")}
             raise NonFiniteError(self._message(module, int(self.first["step"]), self.first["norm"], terms))
         params = [p for p in module.parameters() if p.is_floating_point()]
-        if params and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params)).float()).all()):
+        # in float64: the norm of large but finite float32 weights (lr=1e30) must not overflow into a false alarm
+        if params and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params, 2, dtype=torch.float64))).all()):
             names = [n for n, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
             raise NonFiniteError(
                 f"non-finite parameters before {where} (task {module.current_task}, global step {step}): "

@@ -270,3 +270,20 @@ def test_the_deferred_verdict_names_the_first_bad_step_and_its_term() -> None:
     with pytest.raises(NonFiniteError, match=r"task 1, global step 1: loss term 'fragile' is not finite \(loss=1"):
         module.finite_guard = guard
         module.check_finite("an evaluation")
+
+
+def test_an_evaluation_of_a_model_that_outputs_nan_raises_instead_of_reporting_an_accuracy() -> None:
+    """Finite but huge weights (SGD with lr=1e30 after one step) can give NaN logits while every parameter is finite;
+    argmax would still 'predict' class 0. Here the logits of a finite model are made NaN for half the samples."""
+    from clfw import evaluate
+
+    dm = TinyStream(n_tasks=2)
+    module = naive()
+    module.attach_stream(dm)
+    healthy = module.forward
+    module.forward = lambda x: healthy(x).index_fill(0, torch.arange(0, len(x), 2), float("nan"))  # type: ignore
+    module.check_finite("an evaluation")  # the parameters alone pass
+    with pytest.raises(NonFiniteError, match=r"NaN scores for 10 evaluation samples"):
+        evaluate(module, dm, [0])
+    module.forward = healthy  # type: ignore[method-assign]
+    assert len(evaluate(module, dm, [0])[0]) == 1
