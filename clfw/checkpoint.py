@@ -39,9 +39,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO``, but written atomically in the target's own directory, and never with
     non-finite parameters.
 
-    The checkpoint is serialised to ``.<name>.tmp-<pid>`` beside the target, flushed to disk, then renamed over it
+    The checkpoint is serialised to ``.<name>.tmp-<pid>-<random>`` beside the target, flushed, then renamed over it
     (``os.replace`` is atomic within one filesystem). A process killed mid-write leaves the previous file intact and
-    at most a hidden temporary file, which the next write of that name deletes.
+    at most a hidden temporary file, which the next checkpoint written into that directory deletes (its process is
+    gone; one run writes into a directory at a time).
     """
 
     @override
@@ -57,9 +58,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise FloatingPointError(f"not writing checkpoint {path}: non-finite values in {', '.join(bad[:5])}")
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
-        for stale in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(os.path.basename(path))}.tmp-*")):
-            os.unlink(stale)  # left by a process killed while writing this file
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+        _remove_orphans(directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-{os.getpid()}-", dir=directory)
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
@@ -77,6 +77,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in path:
             return super().load_checkpoint(path, weights_only=weights_only)
         return read_checkpoint(path)
+
+
+def _remove_orphans(directory: str) -> None:
+    """Deletes the temporary checkpoint files in ``directory`` whose writing process no longer exists."""
+    for tmp in glob.glob(os.path.join(glob.escape(directory), ".*.ckpt.tmp-*")):
+        pid = tmp.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            os.unlink(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:

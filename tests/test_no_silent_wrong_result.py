@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +288,18 @@ def test_an_evaluation_of_a_model_that_outputs_nan_raises_instead_of_reporting_a
         evaluate(module, dm, [0])
     module.forward = healthy  # type: ignore[method-assign]
     assert len(evaluate(module, dm, [0])[0]) == 1
+
+
+def test_a_checkpoint_write_deletes_temporary_files_orphaned_by_dead_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from clfw.checkpoint import AtomicCheckpointIO
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f".epoch=0-step=5.ckpt.tmp-{int(dead.stdout)}-abc"
+    live = tmp_path / f".epoch=0-step=5.ckpt.tmp-{os.getppid()}-def"  # a process that still runs: left alone
+    orphan.write_bytes(b"half")
+    live.write_bytes(b"half")
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "last.ckpt"])
