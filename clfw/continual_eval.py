@@ -111,9 +111,7 @@ class ContinualEvaluation(ContinualCallback):
         size = self.batch_size or max(end, 1)
         with eval_mode(module):
             for i in range(0, end, size):
-                self._metric.update(
-                    module.predict(x[i : i + size], t[i : i + size]), y[i : i + size], t[i : i + size]
-                )
+                self._metric.update(module.predict(x[i : i + size], t[i : i + size]), y[i : i + size], t[i : i + size])
         acc, _ = self._metric.compute()
         self._metric.reset()
         acc = acc.reshape(-1)  # torchmetrics squeezes a one-element result (a one-task stream) to a 0-d tensor

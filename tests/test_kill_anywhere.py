@@ -44,9 +44,7 @@ def run(
     callbacks: list[pl.Callback] = [evaluation, *(extra or [])]
     if ckpt_every is not None:
         every = {"every_n_train_steps": ckpt_every} if ckpt_every else {"every_n_epochs": 1}
-        callbacks.append(
-            pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=-1, **every)
-        )
+        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=-1, **every))
     logger = pl.loggers.CSVLogger(root, name="", version="run")
     _, matrix = fit(
         module, stream(), callbacks, logger=logger, enable_checkpointing=ckpt_every is not None, root=str(root), **kw
