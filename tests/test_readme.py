@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,3 +24,34 @@ def test_ci_runs_the_readme_commands() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert tests in ci, "the last README command must appear verbatim in .ci/run"
     assert any(line.startswith(install) for line in ci), "the README install command must start a line of .ci/run"
+
+
+def documented_clfw_commands() -> list[tuple[str, list[str]]]:
+    """Every ``clfw fit ...`` command in a fenced bash block of README.md and docs/*.md: ``(file, arguments)``."""
+    import shlex
+
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S):
+            for line in block.splitlines():
+                for part in line.split("&&"):
+                    words = shlex.split(part, comments=True)
+                    if words[:2] == ["clfw", "fit"]:
+                        found.append((path.name, words[2:]))
+    return found
+
+
+def test_every_documented_clfw_command_parses(monkeypatch: Any, capsys: Any) -> None:
+    """A README command can never point at a missing file or option again (parsed with --print_config, from the
+    repository root as a user would type it; the quickstart itself runs in CI)."""
+    import pytest
+
+    from clfw.cli import main
+
+    commands = documented_clfw_commands()
+    assert len(commands) >= 6
+    monkeypatch.chdir(ROOT)
+    for name, args in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", *args, "--print_config"])
+        assert exit_info.value.code in (0, None), f"{name}: clfw fit {' '.join(args)}: {capsys.readouterr().err}"
