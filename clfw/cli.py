@@ -21,12 +21,13 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from typing_extensions import override
 
 import benchmarks  # noqa: F401  (registers the short names of the built-in streams)
-import strategies  # noqa: F401  (registers the short names of the built-in strategies)
+import strategies  # registers the short names of the built-in strategies (and names plugins for --model.help)
 from clfw.callbacks import ContinualProgressBar
 from clfw.checkpoint import read_checkpoint
 from clfw.datamodule import ContinualDataModule
 from clfw.evaluation import AccuracyMatrix
 from clfw.module import ContinualModule
+from clfw.plugins import Plugin
 from clfw.resume import RunConfig, prepare_resume
 from clfw.runs import claim_run_dir, run_dir
 
@@ -318,6 +319,19 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+def _plugin_asked_as_model(argv: list[str]) -> str | None:
+    """The name of a plugin given to ``--model.help`` (``--model.help EWC``), which takes strategies only."""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--model.help=") else None
+        if arg == "--model.help" and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value is not None:
+            cls = getattr(strategies, value.rsplit(".", 1)[-1], None)
+            if isinstance(cls, type) and issubclass(cls, Plugin):
+                return cls.__name__
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``clfw`` console script and ``python -m clfw``.
 
@@ -335,6 +349,15 @@ def main(args: list[str] | None = None) -> None:
         argv = [a for a in argv if a != "--debug"]
         if args is None:
             sys.argv[1:] = argv
+    plugin = _plugin_asked_as_model(argv)
+    if plugin is not None:
+        print(
+            f"clfw: error: model.help: {plugin} is a plugin, not a strategy: add it to any strategy with "
+            f"--model.plugins+=strategies.{plugin}, and see its arguments with --model Naive --model.plugins.help "
+            f"{plugin}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     no_exit = {"exit_on_error": False}
     parser_kwargs = {**no_exit, **{name: dict(no_exit) for name in ContinualCLI.subcommands()}}
     try:

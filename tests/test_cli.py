@@ -137,3 +137,18 @@ def test_progress_bar_names_the_task(tmp_path: Path) -> None:
     bars = [c for c in cli.trainer.callbacks if isinstance(c, ContinualProgressBar)]
     assert len(bars) == 1
     assert bars[0].train_progress_bar.desc.startswith("Task 1 (2/2), epoch 2/2")
+
+
+@pytest.mark.parametrize("plugin", ["EWC", "strategies.LwF"])
+def test_model_help_on_a_plugin_says_it_is_a_plugin(plugin: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model.help", plugin])
+    assert exit_info.value.code == 2
+    name = plugin.rsplit(".", 1)[-1]
+    assert f"{name} is a plugin, not a strategy" in capsys.readouterr().err
+
+
+def test_plugin_help_lists_the_plugins_arguments(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--model", "Naive", "--model.plugins.help", "EWC"])
+    assert "--plugins.ewc_lambda" in capsys.readouterr().out
