@@ -53,11 +53,10 @@ class FiniteGuard:
         """Called with the final gradients, before the optimizer step."""
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         device = grads[0].device if grads else module.device
-        norm = (
-            torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)))
-            if grads
-            else torch.zeros((), device=device)
-        )
+        defer = self.defer if self.defer is not None else device.type != "cpu"
+        norm = _norm(grads, device, torch.float64 if defer else None)
+        if not defer and not bool(torch.isfinite(norm)):  # an overflow of float32 is not a non-finite gradient
+            norm = _norm(grads, device, torch.float64)
         loss_ok = (
             self.loss_ok.to(device) if self.loss_ok is not None else torch.ones((), dtype=torch.bool, device=device)
         )
@@ -66,7 +65,7 @@ class FiniteGuard:
         bad = local.clone()
         if world()[1] > 1:  # a rank-local NaN loss with finite averaged gradients: every rank must decide the same
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        if not (self.defer if self.defer is not None else device.type != "cpu"):
+        if not defer:
             if bad.item():
                 raise NonFiniteError(self._message(module, step, norm, self.terms, elsewhere=not local.item()))
             return
@@ -114,6 +113,14 @@ class FiniteGuard:
             f"non-finite training at task {module.current_task}, global step {step}: {culprit} ({shown}; "
             f"gradient norm {float(norm):.4g}); the run is stopped so that no metric of a broken model is reported"
         )
+
+
+def _norm(tensors: list[Tensor], device: torch.device, dtype: torch.dtype | None) -> Tensor:
+    """The 2-norm of all ``tensors`` together (in ``dtype``, e.g. float64 so that large finite values cannot
+    overflow)."""
+    if not tensors:
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, 2, dtype=dtype)))
 
 
 def _finite(v: float) -> bool:
