@@ -55,3 +55,26 @@ def test_every_documented_clfw_command_parses(monkeypatch: Any, capsys: Any) -> 
         with pytest.raises(SystemExit) as exit_info:
             main(["fit", *args, "--print_config"])
         assert exit_info.value.code in (0, None), f"{name}: clfw fit {' '.join(args)}: {capsys.readouterr().err}"
+
+
+def test_every_documented_offline_clfw_command_trains_with_a_tiny_budget(tmp_path: Path, monkeypatch: Any) -> None:
+    """Each documented command that trains offline runs, in order, from a folder holding the repository's configs,
+    with ``--data.n_tasks 2 --data.epochs_per_task 1 --trainer.limit_train_batches 2`` appended. Resume commands
+    (``--ckpt_path``, ``--resume``) stay parse-only here: tests/test_resume_cli.py runs the resume policy."""
+    import json
+
+    from clfw.cli import main
+
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--data.n_tasks=2", "--data.epochs_per_task=1", "--trainer.limit_train_batches=2"]
+    ran = 0
+    for _, args in documented_clfw_commands():
+        if any(a.startswith(("--ckpt_path", "--resume")) for a in args):
+            continue
+        before = set(tmp_path.rglob("metrics.json"))
+        main(["fit", *args, *tiny, "--trainer.enable_progress_bar=false"])
+        (new,) = set(tmp_path.rglob("metrics.json")) - before
+        assert json.loads(new.read_text())["tasks_completed"] == 2, args
+        ran += 1
+    assert ran >= 4
