@@ -15,7 +15,14 @@ from typing_extensions import override
 
 from clfw.backbones import MLP
 from clfw.callbacks import ContinualCallback
-from clfw.checkpoint import CHECKPOINT_FORMAT, AtomicCheckpointIO, CheckpointError, stream_fingerprint
+from clfw.checkpoint import (
+    CHECKPOINT_FORMAT,
+    AtomicCheckpointIO,
+    CheckpointError,
+    config_differences,
+    describe_differences,
+    stream_fingerprint,
+)
 from clfw.data import SCENARIOS, Batch, Stream
 from clfw.datamodule import ContinualDataModule, TrainingData
 from clfw.numerics import FiniteGuard
@@ -108,7 +115,6 @@ class ContinualModule(pl.LightningModule):
         self._stream: Stream | None = None
         self._pending_rng: dict[str, Any] | None = None
         self._pending_task_end = False
-        self._resumed_fingerprint: dict[str, Any] | None = None
         self.finite_guard = FiniteGuard()
 
     # --------------------------------------------------------------------------------------------- the model
@@ -453,8 +459,6 @@ class ContinualModule(pl.LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from clfw.checkpoint import config_differences, describe_differences
-
         state = checkpoint.get("clfw")
         if state is None:
             raise CheckpointError("this checkpoint has no clfw state: it was not written by a clfw ContinualModule")

@@ -11,12 +11,14 @@ those points too, and :class:`~clfw.checkpoint.AtomicCheckpointIO` refuses to wr
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from clfw.checkpoint import nonfinite_tensors
 from clfw.distributed import world
 
 if TYPE_CHECKING:
@@ -89,8 +91,8 @@ class FiniteGuard:
             raise NonFiniteError(self._message(module, int(self.first["step"]), self.first["norm"], terms))
         params = [p for p in module.parameters() if p.is_floating_point()]
         # in float64: the norm of large but finite float32 weights (lr=1e30) must not overflow into a false alarm
-        if params and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params, 2, dtype=torch.float64))).all()):
-            names = [n for n, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
+        if not bool(torch.isfinite(_norm(params, module.device, torch.float64))):
+            names = nonfinite_tensors(dict(module.named_parameters()))
             raise NonFiniteError(
                 f"non-finite parameters before {where} (task {module.current_task}, global step {step}): "
                 f"{', '.join(names[:5])}"
@@ -101,7 +103,7 @@ class FiniteGuard:
         module: ContinualModule, step: int, norm: Tensor, terms: dict[str, Tensor], elsewhere: bool = False
     ) -> str:
         values = {name: float(t.float().sum()) if t.numel() else 0.0 for name, t in terms.items()}
-        bad = [name for name, v in values.items() if name != "total" and not _finite(v)]
+        bad = [name for name, v in values.items() if name != "total" and not math.isfinite(v)]
         shown = ", ".join(f"{name}={v:.4g}" for name, v in values.items())
         if elsewhere:
             culprit = "the loss of another rank is not finite (its error names the term)"
@@ -121,7 +123,3 @@ def _norm(tensors: list[Tensor], device: torch.device, dtype: torch.dtype | None
     if not tensors:
         return torch.zeros((), device=device)
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, 2, dtype=dtype)))
-
-
-def _finite(v: float) -> bool:
-    return v == v and v not in (float("inf"), float("-inf"))

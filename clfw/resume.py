@@ -25,6 +25,7 @@ import re
 from typing import Any, Literal
 
 import pytorch_lightning as pl
+from pytorch_lightning import callbacks
 from pytorch_lightning.callbacks import ModelCheckpoint
 from typing_extensions import override
 
@@ -68,14 +69,14 @@ MAY_CHANGE_ON_RESUME = (
 )
 
 #: Callbacks that neither change training nor what is measured: they may be added, removed or changed on resume.
-NEUTRAL_CALLBACKS = (
-    "pytorch_lightning.callbacks.ModelCheckpoint",
-    "pytorch_lightning.callbacks.OnExceptionCheckpoint",
-    "pytorch_lightning.callbacks.ProgressBar",
-    "pytorch_lightning.callbacks.ModelSummary",
-    "pytorch_lightning.callbacks.LearningRateMonitor",
-    "pytorch_lightning.callbacks.DeviceStatsMonitor",
-    "pytorch_lightning.callbacks.Timer",
+NEUTRAL_CALLBACKS: tuple[type[pl.Callback], ...] = (
+    callbacks.ModelCheckpoint,
+    callbacks.OnExceptionCheckpoint,
+    callbacks.ProgressBar,
+    callbacks.ModelSummary,
+    callbacks.LearningRateMonitor,
+    callbacks.DeviceStatsMonitor,
+    callbacks.Timer,
 )
 
 
@@ -85,13 +86,7 @@ def _is_neutral(class_path: str) -> bool:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         return False
-    if getattr(cls, "resume_neutral", False):
-        return True
-    for neutral in NEUTRAL_CALLBACKS:
-        mod, _, n = neutral.rpartition(".")
-        if issubclass(cls, getattr(importlib.import_module(mod), n)):
-            return True
-    return False
+    return bool(getattr(cls, "resume_neutral", False)) or (isinstance(cls, type) and issubclass(cls, NEUTRAL_CALLBACKS))
 
 
 def run_config(config: dict[str, Any], global_batch_size: int) -> dict[str, Any]:
@@ -106,8 +101,8 @@ def run_config(config: dict[str, Any], global_batch_size: int) -> dict[str, Any]
 
 
 class RunConfig(pl.Callback):
-    """Stores the run's identifying config, its directory and its logger version in every checkpoint (the CLI adds
-    it). Its state is read by :func:`prepare_resume` before training; loading it changes nothing."""
+    """Stores the run's identifying config and its directory in every checkpoint (the CLI adds it). Its state is read
+    by :func:`prepare_resume` before training; loading it changes nothing."""
 
     resume_neutral = True
 
@@ -117,7 +112,7 @@ class RunConfig(pl.Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.run_dir = os.path.realpath(run_dir(trainer))  # a broadcast under DDP: every rank calls it here
+        self.run_dir = os.path.realpath(run_dir(trainer))
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -151,24 +146,23 @@ def find_own_checkpoint(trainer: pl.Trainer) -> tuple[str | None, list[str]]:
     that has one is adopted."""
     for cb in trainer.callbacks:  # type: ignore[attr-defined]
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is not None:
-            path = os.path.join(cb.dirpath, "last.ckpt")
-            return (path if os.path.isfile(path) else None), [path]
+            return _if_file(os.path.join(cb.dirpath, "last.ckpt"))
     if not trainer.loggers:
-        path = os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
-        return (path if os.path.isfile(path) else None), [path]
+        return _if_file(os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt"))
     logger = trainer.loggers[0]
     if _version_of(logger) is not None:
-        path = os.path.join(run_dir(trainer), "checkpoints", "last.ckpt")
-        return (path if os.path.isfile(path) else None), [path]
+        return _if_file(os.path.join(run_dir(trainer), "checkpoints", "last.ckpt"))
     root = getattr(logger, "root_dir", None) or os.path.join(logger.save_dir or trainer.default_root_dir, logger.name)
     pattern = os.path.join(root, "*", "checkpoints", "last.ckpt")
     found = sorted(glob.glob(pattern), key=os.path.getmtime)
     if not found:
         return None, [pattern]
-    version = os.path.basename(os.path.dirname(os.path.dirname(found[-1])))
-    number = re.fullmatch(r"version_(\d+)", version)
-    _set_version(logger, int(number.group(1)) if number else version)
+    _set_version(logger, _saved_version(os.path.dirname(os.path.dirname(found[-1]))))
     return found[-1], [pattern]
+
+
+def _if_file(path: str) -> tuple[str | None, list[str]]:
+    return (path if os.path.isfile(path) else None), [path]
 
 
 def prepare_resume(
@@ -205,11 +199,11 @@ def prepare_resume(
     diffs = config_differences(saved["config"], rc.config)
     if diffs:
         raise CheckpointError(f"{ckpt_path} belongs to another run: " + describe_differences(diffs))
-    _adopt_run_dir(trainer, ckpt_path, saved["run_dir"], checkpoint)
+    _adopt_run_dir(trainer, ckpt_path, saved["run_dir"])
     return ckpt_path
 
 
-def _adopt_run_dir(trainer: pl.Trainer, ckpt_path: str, saved_dir: str | None, checkpoint: dict[str, Any]) -> None:
+def _adopt_run_dir(trainer: pl.Trainer, ckpt_path: str, saved_dir: str | None) -> None:
     """Makes the resumed run write into the checkpoint's run directory, or refuses."""
     if saved_dir is None:
         return
@@ -226,6 +220,7 @@ def _adopt_run_dir(trainer: pl.Trainer, ckpt_path: str, saved_dir: str | None, c
 
 
 def _saved_version(saved_dir: str) -> str | int:
+    """The logger version of a run directory: ``N`` for ``version_N``, else the directory's name (a W&B run id)."""
     version = os.path.basename(saved_dir)
     number = re.fullmatch(r"version_(\d+)", version)
     return int(number.group(1)) if number else version

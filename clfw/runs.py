@@ -18,7 +18,7 @@ import zlib
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
 
 
@@ -36,9 +36,8 @@ def run_dir(trainer: pl.Trainer) -> str:
     if not trainer.loggers:
         return trainer.default_root_dir
     logger = trainer.loggers[0]
-    log_dir = getattr(logger, "log_dir", None)
-    if isinstance(log_dir, str) and type(logger).__name__ in ("CSVLogger", "TensorBoardLogger"):
-        return log_dir
+    if isinstance(logger, CSVLogger | TensorBoardLogger):
+        return logger.log_dir
     save_dir = logger.save_dir or trainer.default_root_dir
     name, version = logger.name, logger.version
     version = version if isinstance(version, str) else f"version_{version}"
@@ -76,9 +75,10 @@ def csv_history(trainer: pl.Trainer) -> dict[str, bytes]:
         path = logger.experiment.metrics_file_path
         if not os.path.isfile(path):
             continue
-        with open(path, "rb") as f:
-            data = f.read()
-        if pending is not None:
+        if pending is None:
+            with open(path, "rb") as f:
+                data = f.read()
+        else:
             rows = read_csv_rows(path)
             rows.append({k: str(v) for k, v in pending.items()})
             keys = sorted(set().union(*rows))

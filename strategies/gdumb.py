@@ -114,12 +114,11 @@ class GDumb(ContinualModule):
             f"GDumb: task {task}: retrained from scratch on {len(self.buffer)} memory samples "
             f"({self.buffer.class_counts()}) for {self.epochs} epochs in {time.perf_counter() - start:.1f} s"
         )
-        own, new = self.state_dict(), model.state_dict()  # the copy's state: the network's, no memory, no plugins
+        own = self.state_dict()  # the copy's state is the network's: no memory, no plugins
+        network = {name: value for name, value in model.state_dict().items() if isinstance(value, Tensor)}
         with torch.no_grad():
-            for name, value in new.items():
-                if isinstance(value, Tensor):
-                    own[name].copy_(value)
+            for name, value in network.items():
+                own[name].copy_(value)
             if world()[1] > 1:
-                for name, value in new.items():
-                    if isinstance(value, Tensor):
-                        dist.broadcast(own[name], src=0)
+                for name in network:
+                    dist.broadcast(own[name], src=0)
