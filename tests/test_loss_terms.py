@@ -11,7 +11,7 @@ strategies' own helpers are not called. Replay memories hold exactly one replay 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
@@ -245,9 +245,18 @@ def trainable(m: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in m.named_parameters() if p.requires_grad]
 
 
-def draws(m: nn.Module, count: int) -> Iterator[dict[str, Tensor]]:
-    """``count`` importance dicts (positive, by parameter name) for the plugins' importance functions."""
-    return iter([{n: torch.rand_like(p) + 0.1 for n, p in trainable(m)} for _ in range(count)])
+def draws(m: nn.Module, count: int) -> tuple[Callable[..., dict[str, Tensor]], list[Tensor]]:
+    """A stand-in for a plugin's importance function (Fisher, MAS sensitivity): it returns ``count`` positive
+    importance dicts (by parameter name) in turn, and records each, flattened, in the list returned beside it."""
+    values = iter([{n: torch.rand_like(p) + 0.1 for n, p in trainable(m)} for _ in range(count)])
+    given: list[Tensor] = []
+
+    def importance(*args: object) -> dict[str, Tensor]:
+        value = next(values)
+        given.append(as_flat(value, m))
+        return value
+
+    return importance, given
 
 
 def as_flat(values: dict[str, Tensor], m: nn.Module) -> Tensor:
@@ -261,14 +270,7 @@ def test_ewc_penalty_is_half_lambda_times_the_fisher_weighted_squared_distance(
     dm = stream()
     ewc = strategies.EWC(ewc_lambda=3.0, online=online, gamma=0.5)
     m = start(strategies.Naive(backbone=mlp(), plugins=[ewc]), dm, 0)
-    fishers = draws(m, 2)
-    given: list[Tensor] = []
-
-    def fake_fisher(module: ContinualModule, loader: object, mode: str) -> dict[str, Tensor]:
-        fisher = next(fishers)
-        given.append(as_flat(fisher, m))
-        return fisher
-
+    fake_fisher, given = draws(m, 2)
     monkeypatch.setattr(strategies.ewc, "diagonal_fisher", fake_fisher)
     ewc.on_task_end(m, 0)
     anchor0 = flat(m)
@@ -322,14 +324,7 @@ def test_mas_penalty_is_lambda_times_the_summed_importance_weighted_squared_dist
     dm = stream()
     mas = strategies.MAS(mas_lambda=0.5)
     m = start(strategies.Naive(backbone=mlp(), plugins=[mas]), dm, 0)
-    importances = draws(m, 2)
-    given: list[Tensor] = []
-
-    def fake_sensitivity(module: ContinualModule, loader: object) -> dict[str, Tensor]:
-        importance = next(importances)
-        given.append(as_flat(importance, m))
-        return importance
-
+    fake_sensitivity, given = draws(m, 2)
     monkeypatch.setattr(strategies.mas, "output_sensitivity", fake_sensitivity)
     mas.on_task_end(m, 0)
     anchor = flat(m)
