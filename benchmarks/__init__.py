@@ -1,13 +1,13 @@
 """Task streams: one ``ContinualDataModule`` subclass per module."""
 
-from benchmarks.image_folder import ImageFolderStream
-from benchmarks.mnist import MNISTStream
-from benchmarks.permuted_mnist import PermutedMNIST
-from benchmarks.rotated_mnist import RotatedMNIST
-from benchmarks.split_cifar10 import SplitCIFAR10
-from benchmarks.split_cifar100 import SplitCIFAR100
-from benchmarks.split_imagenet_r import SplitImageNetR
-from benchmarks.split_mnist import SplitMNIST
+from clfw.benchmarks.image_folder import ImageFolderStream
+from clfw.benchmarks.mnist import MNISTStream
+from clfw.benchmarks.permuted_mnist import PermutedMNIST
+from clfw.benchmarks.rotated_mnist import RotatedMNIST
+from clfw.benchmarks.split_cifar10 import SplitCIFAR10
+from clfw.benchmarks.split_cifar100 import SplitCIFAR100
+from clfw.benchmarks.split_imagenet_r import SplitImageNetR
+from clfw.benchmarks.split_mnist import SplitMNIST
 
 __all__ = [
     "ImageFolderStream",

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from benchmarks.mnist import MNISTStream
 from clfw import Stream
+from clfw.benchmarks.mnist import MNISTStream
 from clfw.data import ScenarioName, domain_incremental_tasks
 
 
@@ -24,7 +24,7 @@ class PermutedMNIST(MNISTStream):
         n_tasks: Number of tasks (permutations).
         identity_first: Task 0 is unpermuted MNIST.
         scenario: Only ``"domain"`` is supported.
-        **kwargs: Source arguments of :class:`~benchmarks.mnist.MNISTStream` and stream arguments of
+        **kwargs: Source arguments of :class:`~clfw.benchmarks.mnist.MNISTStream` and stream arguments of
             :class:`~clfw.ContinualDataModule` (seed, batch sizes, epochs ...).
     """
 

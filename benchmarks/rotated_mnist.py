@@ -8,8 +8,8 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 from typing_extensions import override
 
-from benchmarks.mnist import MNISTStream
 from clfw import Stream
+from clfw.benchmarks.mnist import MNISTStream
 from clfw.data import ScenarioName, domain_incremental_tasks
 
 
@@ -25,7 +25,7 @@ class RotatedMNIST(MNISTStream):
         angles: Explicit angle in degrees per task.
         max_angle: Upper end (excluded) of the evenly spaced default angles.
         scenario: Only ``"domain"`` is supported.
-        **kwargs: Source arguments of :class:`~benchmarks.mnist.MNISTStream` and stream arguments of
+        **kwargs: Source arguments of :class:`~clfw.benchmarks.mnist.MNISTStream` and stream arguments of
             :class:`~clfw.ContinualDataModule` (seed, batch sizes, epochs ...).
     """
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from typing_extensions import override
 
-from benchmarks.cifar import CIFARStream
 from clfw import Stream
+from clfw.benchmarks.cifar import CIFARStream
 from clfw.data import check_class_order, class_incremental_tasks, classes_per_task_split
 
 
@@ -18,7 +18,7 @@ class SplitCIFAR10(CIFARStream):
         n_tasks: Number of tasks; must divide 10 unless ``classes_per_task`` is given.
         class_order: Order in which the classes are dealt to tasks (default ``0..9``, as DER's Seq-CIFAR-10).
         classes_per_task: Uneven split, e.g. ``[4, 2, 2, 2]``.
-        **kwargs: Source arguments of :class:`~benchmarks.cifar.CIFARStream` and stream arguments of
+        **kwargs: Source arguments of :class:`~clfw.benchmarks.cifar.CIFARStream` and stream arguments of
             :class:`~clfw.ContinualDataModule`.
     """
 

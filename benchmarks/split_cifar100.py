@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.split_cifar10 import SplitCIFAR10
+from clfw.benchmarks.split_cifar10 import SplitCIFAR10
 
 
 class SplitCIFAR100(SplitCIFAR10):
@@ -12,8 +12,9 @@ class SplitCIFAR100(SplitCIFAR10):
 
     Args:
         n_tasks: Number of tasks; must divide 100 unless ``classes_per_task`` is given.
-        **kwargs: ``class_order`` and ``classes_per_task`` of :class:`~benchmarks.SplitCIFAR10`, source arguments of
-            :class:`~benchmarks.cifar.CIFARStream` and stream arguments of :class:`~clfw.ContinualDataModule`.
+        **kwargs: ``class_order`` and ``classes_per_task`` of :class:`~clfw.benchmarks.SplitCIFAR10`, source
+            arguments of :class:`~clfw.benchmarks.cifar.CIFARStream` and stream arguments of
+            :class:`~clfw.ContinualDataModule`.
     """
 
     dataset = "cifar100"

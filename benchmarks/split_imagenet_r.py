@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.image_folder import ImageFolderStream
+from clfw.benchmarks.image_folder import ImageFolderStream
 
 
 class SplitImageNetR(ImageFolderStream):
@@ -17,7 +17,7 @@ class SplitImageNetR(ImageFolderStream):
     order. Numbers are therefore comparable across clfw runs but not exactly with the papers' split.
 
     Args:
-        **kwargs: Arguments of :class:`~benchmarks.image_folder.ImageFolderStream` (root, image_size, n_tasks ...).
+        **kwargs: Arguments of :class:`~clfw.benchmarks.image_folder.ImageFolderStream` (root, image_size, n_tasks ...).
     """
 
     def __init__(self, root: str = "data/imagenet-r", n_tasks: int | None = 10, **kwargs: Any) -> None:

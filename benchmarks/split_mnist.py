@@ -6,8 +6,8 @@ from typing import Any
 
 from typing_extensions import override
 
-from benchmarks.mnist import MNISTStream
 from clfw import Stream
+from clfw.benchmarks.mnist import MNISTStream
 from clfw.data import check_class_order, class_incremental_tasks, classes_per_task_split
 
 
@@ -20,7 +20,7 @@ class SplitMNIST(MNISTStream):
         classes_per_task: Uneven split, e.g. ``[5, 1, 1, 1, 1, 1]`` (half the classes first, then increments).
         classes: Only these digits form the stream (e.g. ``[4, 5, 6, 7, 8, 9]`` after pretraining on 0-3); the labels
             and the head keep all 10 digits.
-        **kwargs: Source arguments of :class:`~benchmarks.mnist.MNISTStream` and stream arguments of
+        **kwargs: Source arguments of :class:`~clfw.benchmarks.mnist.MNISTStream` and stream arguments of
             :class:`~clfw.ContinualDataModule` (scenario, seed, batch sizes, epochs ...).
     """
 

@@ -7,6 +7,7 @@ from clfw.datamodule import ContinualDataModule
 from clfw.evaluation import AccuracyMatrix, TaskAccuracy, evaluate
 from clfw.module import ContinualModule
 from clfw.plugins import Plugin
+from clfw.tracking import WandbTracking
 
 __all__ = [
     "AccuracyMatrix",
@@ -24,6 +25,7 @@ __all__ = [
     "Task",
     "TaskAccuracy",
     "TaskData",
+    "WandbTracking",
     "evaluate",
 ]
 __version__ = "0.1.0"

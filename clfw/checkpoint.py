@@ -155,6 +155,29 @@ def _qualname(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+#: Top-level import names of clfw's strategies and streams before they became ``clfw.strategies`` / ``clfw.benchmarks``.
+RENAMED_PACKAGES = ("strategies", "benchmarks")
+
+
+def canonical_paths(value: Any) -> Any:
+    """``value`` (a fingerprint or config read from an older checkpoint) with the class paths of the old top-level
+    packages mapped to their canonical names; everything else unchanged.
+
+    >>> canonical_paths({"strategy": "strategies.er.ER", "plugins": ["strategies.ewc.EWC"], "lr": 0.1})
+    {'strategy': 'clfw.strategies.er.ER', 'plugins': ['clfw.strategies.ewc.EWC'], 'lr': 0.1}
+    >>> canonical_paths("mylab.strategies.Mine")
+    'mylab.strategies.Mine'
+    """
+    if isinstance(value, str):
+        head = value.split(".", 1)[0]
+        return f"clfw.{value}" if head in RENAMED_PACKAGES and "." in value else value
+    if isinstance(value, dict):
+        return {k: canonical_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [canonical_paths(v) for v in value]
+    return value
+
+
 class _Absent:
     """Marks a key that one of two configurations lacks."""
 

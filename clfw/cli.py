@@ -1,12 +1,14 @@
 """The ``clfw`` command: Lightning's CLI over any strategy and any stream, one ``fit`` for the whole stream.
 
-``clfw fit --model strategies.Naive --data benchmarks.SplitMNIST`` or ``clfw fit --config configs/quickstart.yaml``.
+``clfw fit --model Naive --data SplitMNIST`` (or the class paths ``clfw.strategies.Naive``,
+``clfw.benchmarks.SplitMNIST``) or ``clfw fit --config configs/quickstart.yaml``.
 Any importable ``ContinualModule`` / ``ContinualDataModule`` subclass works by its ``class_path``; clfw's own
 strategies and benchmarks are imported here (and only here in the core) so their short names resolve too.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import re
@@ -15,21 +17,25 @@ from argparse import ArgumentError
 from types import FrameType
 from typing import Any, Literal
 
+import yaml
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.loggers import WandbLogger
 from typing_extensions import override
 
-import benchmarks  # noqa: F401  (registers the short names of the built-in streams)
-import strategies  # registers the short names of the built-in strategies (and names plugins for --model.help)
+import clfw.benchmarks
+import clfw.strategies  # registers the short names of the built-in strategies (and names plugins for --model.help)
+from clfw import packaged_configs
 from clfw.callbacks import ContinualProgressBar
-from clfw.checkpoint import read_checkpoint
+from clfw.checkpoint import RENAMED_PACKAGES, canonical_paths, read_checkpoint
 from clfw.datamodule import ContinualDataModule
 from clfw.evaluation import AccuracyMatrix
 from clfw.module import ContinualModule
 from clfw.plugins import Plugin
 from clfw.resume import RunConfig, prepare_resume
 from clfw.runs import claim_run_dir, run_dir
+from clfw.tracking import WandbTracking, default_name_and_group, finish_runs, log_config, set_run_defaults
 
 
 class ContinualCLI(LightningCLI):
@@ -43,7 +49,10 @@ class ContinualCLI(LightningCLI):
     - ``--resume auto|require|never`` (:mod:`clfw.resume`): a resumed run is the same run, in the same directory, with
       the same config (checked before training), or it does not start; ``--ckpt_path last`` means ``require``;
     - the resolved config is saved as ``config.yaml`` in the run's own directory (:func:`clfw.runs.run_dir`), and a
-      new run into a directory that holds another run's ``metrics.json`` is refused.
+      new run into a directory that holds another run's ``metrics.json`` is refused;
+    - with a ``WandbLogger`` (:mod:`clfw.tracking`): the resolved config becomes the W&B run config, the run is named
+      and grouped from strategy, stream and seed unless given, :class:`~clfw.tracking.WandbTracking` is added unless
+      given (summary, accuracy-matrix table, ``metrics.json`` artifact), and the W&B run is finished after the fit.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -97,6 +106,16 @@ class ContinualCLI(LightningCLI):
         init["ckpt_path"] = ckpt
         if ckpt is None:
             claim_run_dir(self.trainer)
+        seed = section.get("seed_everything")
+        name, group = default_name_and_group(
+            self.model, self.datamodule, seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            self.run_config.config or {},
+        )  # fmt: skip
+        set_run_defaults(self.trainer, name, group)  # before the W&B run starts (a resumed one keeps its id)
+
+    def after_fit(self) -> None:
+        """Finishes the W&B run, so that a next fit in this process gets its own (:func:`clfw.tracking.finish_runs`)."""
+        finish_runs(self.trainer)
 
     @override
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
@@ -112,6 +131,10 @@ class ContinualCLI(LightningCLI):
         given = [*callbacks, *(config.get("callbacks") or [])]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
             callbacks = [*callbacks, ContinualProgressBar()]
+        loggers = config.get("logger")
+        loggers = loggers if isinstance(loggers, list) else [loggers]
+        if any(isinstance(lg, WandbLogger) for lg in loggers) and not any(isinstance(c, WandbTracking) for c in given):
+            callbacks = [*callbacks, WandbTracking()]
         return super()._instantiate_trainer(config, [*callbacks, self.run_config])
 
 
@@ -130,6 +153,11 @@ class SaveRunConfig(SaveConfigCallback):
             self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
             self.save_config(trainer, pl_module, stage)
         self.already_saved = True
+
+    @override
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """The resolved config, nested as the CLI names its keys, becomes the W&B run config (rank 0 only)."""
+        log_config(trainer, yaml.safe_load(self.parser.dump(self.config, skip_none=False)))
 
 
 # ------------------------------------------------------------------------------------------ bad input, one line
@@ -326,10 +354,49 @@ def _plugin_asked_as_model(argv: list[str]) -> str | None:
         if arg == "--model.help" and i + 1 < len(argv):
             value = argv[i + 1]
         if value is not None:
-            cls = getattr(strategies, value.rsplit(".", 1)[-1], None)
+            cls = getattr(clfw.strategies, value.rsplit(".", 1)[-1], None)
             if isinstance(cls, type) and issubclass(cls, Plugin):
                 return cls.__name__
     return None
+
+
+def _old_class_paths(argv: list[str]) -> list[tuple[str, str]]:
+    """``(old, new)`` for every class path in the old top-level names (``strategies.ER``, ``benchmarks.SplitMNIST``)
+    in the arguments or in the ``--config`` files they name. The top-level names are not installed any more (they are
+    unrelated packages on PyPI), so such a path would fail to import, or import someone else's package."""
+    values: list[Any] = []
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        values.append(value)
+        is_config = arg == "--config" or arg.endswith(".config") or arg.startswith("--config=")
+        path = value if arg.startswith("--config=") else argv[i + 1] if is_config and i + 1 < len(argv) else None
+        if path and os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    values.append(yaml.safe_load(f))
+            except (OSError, yaml.YAMLError):
+                pass  # the parser reports it
+    found: list[tuple[str, str]] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and value.split(".", 1)[0] in RENAMED_PACKAGES and "." in value:
+            new = canonical_paths(value)
+            module, _, name = new.rpartition(".")
+            try:
+                exists = hasattr(importlib.import_module(module), name)
+            except ImportError:
+                exists = False
+            if exists and (value, new) not in found:
+                found.append((value, new))
+
+    walk(values)
+    return found
 
 
 def main(args: list[str] | None = None) -> None:
@@ -347,14 +414,33 @@ def main(args: list[str] | None = None) -> None:
     debug = _debug_requested(argv)
     if "--debug" in argv:
         argv = [a for a in argv if a != "--debug"]
-        if args is None:
-            sys.argv[1:] = argv
+    if argv[:1] == ["configs"]:
+        packaged_configs.main(argv[1:])
+        return
+    try:
+        argv = packaged_configs.resolve_args(argv)  # --config clfw:quickstart.yaml -> the packaged file
+    except ValueError as err:
+        if debug:
+            raise
+        print(f"clfw: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args is None:
+        sys.argv[1:] = argv  # LightningCLI (and DDP's relaunch) read sys.argv
     plugin = _plugin_asked_as_model(argv)
     if plugin is not None:
         print(
             f"clfw: error: model.help: {plugin} is a plugin, not a strategy: add it to any strategy with "
-            f"--model.plugins+=strategies.{plugin}, and see its arguments with --model Naive --model.plugins.help "
+            f"--model.plugins+=clfw.strategies.{plugin}, and see its arguments with --model Naive --model.plugins.help "
             f"{plugin}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    old = _old_class_paths(argv)
+    if old:
+        renamed = ", ".join(f"{a} is now {b}" for a, b in old)
+        print(
+            f"clfw: error: {renamed} (clfw's strategies and streams install as clfw.strategies and clfw.benchmarks; "
+            "short names such as --model ER keep working)",
             file=sys.stderr,
         )
         raise SystemExit(2)

@@ -171,12 +171,40 @@ class ContinualEvaluation(ContinualCallback):
         if trainer.is_global_zero and self.last:
             shown = {k: round(v, 4) for k, v in self.last.items() if v is not None}
             print("Continual evaluation (last step):", shown)
-            for gap in self.tracker.stability_gaps():
-                rec = gap["recovery_steps"]
+            gaps = self.tracker.stability_gaps()
+            if gaps:
                 print(
-                    f"  stability gap of task {gap['task']}: {100 * gap['before']:.1f}% -> min {100 * gap['min']:.1f}% "
-                    f"at step {gap['min_step']}, " + ("never recovered" if rec is None else f"recovered in {rec} steps")
+                    "Stability gap: an old task's accuracy dips when the next task starts, and may then recover; what "
+                    "is still lost at the last step is forgetting."
                 )
+            for gap in gaps:
+                print(self.gap_line(gap))
+
+    def gap_line(self, gap: dict[str, Any]) -> str:
+        """One task's stability gap in words: its accuracy at its end, its minimum while the next task trained, its
+        accuracy when the next task ended and at the last step, and whether it came back within ``tolerance``.
+
+        Args:
+            gap: One entry of :meth:`~clfw.stability.StabilityTracker.stability_gaps`.
+        """
+        tr, task, rec = self.tracker, gap["task"], gap["recovery_steps"]
+        nxt = task + 1
+        parts = [f"{100 * gap['before']:.1f}% at its end", f"min {100 * gap['min']:.1f}% at step {gap['min_step']}"]
+        next_end = tr.ends.get(nxt)
+        if next_end is not None and tr.acc[next_end][task] is not None:
+            parts.append(f"{100 * tr.acc[next_end][task]:.1f}% when task {nxt} ended")
+        last = tr.acc[-1][task]
+        if last is not None and next_end != len(tr.acc) - 1:
+            parts.append(f"{100 * last:.1f}% at the last step")
+        points = f"{100 * tr.tolerance:g}"
+        points += " point" if points == "1" else " points"
+        if rec is None:
+            back = f"not back within {points} during task {nxt}"
+        elif rec == 0:
+            back = f"never more than {points} below"
+        else:
+            back = f"back within {points} after {rec} steps of task {nxt}"
+        return f"  task {task}: " + " -> ".join(parts) + f" ({back})"
 
     def report(self, trainer: pl.Trainer) -> dict[str, Any]:
         """This callback's section of ``metrics.json``."""

@@ -278,7 +278,10 @@ class AccuracyMatrix(ContinualCallback):
 
             save_and_log(trainer, accuracy_matrix_figure(self.rows, self.initial), directory, "accuracy_matrix")
         if trainer.is_global_zero and self.rows:
-            print("\nAccuracy matrix R[i][j] (%), rows: after task i; 'init': before training")
+            print(
+                "\nAccuracy matrix R[i][j] (%), rows: after task i; 'init': before training. Forgetting: how far each "
+                "column's last row is below its best."
+            )
             print(format_matrix(self.rows, self.initial))
             print("Summary:", json.dumps(self.summary(trainer)))
 

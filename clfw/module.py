@@ -19,6 +19,7 @@ from clfw.checkpoint import (
     CHECKPOINT_FORMAT,
     AtomicCheckpointIO,
     CheckpointError,
+    canonical_paths,
     config_differences,
     describe_differences,
     stream_fingerprint,
@@ -469,7 +470,7 @@ class ContinualModule(pl.LightningModule):
             )
         now = self.fingerprint()
         if now is not None and state["fingerprint"] is not None:
-            diffs = config_differences(state["fingerprint"], now)
+            diffs = config_differences(canonical_paths(state["fingerprint"]), now)
             if diffs:
                 raise CheckpointError("the checkpoint belongs to another run: " + describe_differences(diffs))
         _close_finished_epoch(checkpoint)

@@ -31,6 +31,7 @@ from typing_extensions import override
 
 from clfw.checkpoint import (
     CheckpointError,
+    canonical_paths,
     config_differences,
     describe_differences,
     flatten_config,
@@ -196,7 +197,7 @@ def prepare_resume(
     saved = (checkpoint.get("callbacks") or {}).get("RunConfig")
     if saved is None:
         raise CheckpointError(f"{ckpt_path} was not written by a clfw CLI run (it has no RunConfig): cannot verify it")
-    diffs = config_differences(saved["config"], rc.config)
+    diffs = config_differences(canonical_paths(saved["config"]), rc.config)
     if diffs:
         raise CheckpointError(f"{ckpt_path} belongs to another run: " + describe_differences(diffs))
     _adopt_run_dir(trainer, ckpt_path, saved["run_dir"])

@@ -25,12 +25,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks import SplitMNIST
 from clfw import AccuracyMatrix, Batch, ContinualEvaluation, Normalize, Stream
 from clfw.backbones import MLP
+from clfw.benchmarks import SplitMNIST
 from clfw.data import class_incremental_tasks
 from clfw.datamodule import ContinualDataModule
-from strategies import Naive
+from clfw.strategies import Naive
 
 
 class Synthetic(ContinualDataModule):

@@ -20,9 +20,9 @@ import pytorch_lightning as pl
 import torch
 from bench_strategies import RandomImages, timed_fit
 
-import strategies
-from benchmarks import SplitMNIST
+import clfw.strategies
 from clfw import ContinualDataModule
+from clfw.benchmarks import SplitMNIST
 from clfw.prompt import create_vit
 
 DIGITS_VIT = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=64, depth=4, num_heads=4)
@@ -37,7 +37,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def step_time(cls: str, kwargs: dict[str, Any], vit: torch.nn.Module, dm: ContinualDataModule) -> float:
     pl.seed_everything(0, verbose=False)
-    return timed_fit(getattr(strategies, cls)(vit=vit, **kwargs), dm)[0]
+    return timed_fit(getattr(clfw.strategies, cls)(vit=vit, **kwargs), dm)[0]
 
 
 def main() -> None:

@@ -31,10 +31,10 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-import strategies
-from benchmarks import SplitMNIST
+import clfw.strategies
 from clfw import ContinualDataModule, Normalize, Plugin, Stream
 from clfw.backbones import MLP, ResNet18
+from clfw.benchmarks import SplitMNIST
 from clfw.data import class_incremental_tasks
 from clfw.prompt import PromptModule
 
@@ -62,11 +62,11 @@ def data() -> SplitMNIST:
 
 
 def make(name: str, refresh: bool = False) -> Any:
-    cls = getattr(strategies, name)
+    cls = getattr(clfw.strategies, name)
     common = {"backbone": MLP(), "optimizer": lambda p: torch.optim.Adam(p, lr=1e-3)}
-    extra = [strategies.Refresh()] if refresh else []
+    extra = [clfw.strategies.Refresh()] if refresh else []
     if issubclass(cls, Plugin):
-        return strategies.Naive(plugins=[cls(), *extra], **common)
+        return clfw.strategies.Naive(plugins=[cls(), *extra], **common)
     return cls(plugins=extra, **common, **KWARGS.get(name, {}))
 
 
@@ -225,15 +225,17 @@ def resnet_refresh_ratio() -> tuple[float, float]:
     out = []
     for refresh in (False, True):
         pl.seed_everything(0, verbose=False)
-        module = strategies.Naive(backbone=ResNet18(nf=20), plugins=[strategies.Refresh()] if refresh else [])
+        module = clfw.strategies.Naive(backbone=ResNet18(nf=20), plugins=[clfw.strategies.Refresh()] if refresh else [])
         out.append(timed_fit(module, RandomImages(batch_size=32))[0])
     return out[0], out[1]
 
 
 def main() -> None:
     data().stream  # noqa: B018  (load the digits once, outside the timings)
-    prompts = [n for n in strategies.__all__ if issubclass(getattr(strategies, n), PromptModule)]  # bench_prompts.py
-    names = ["Naive", *sorted(n for n in strategies.__all__ if n not in ("Naive", "Refresh", *prompts))]
+    prompts = [
+        n for n in clfw.strategies.__all__ if issubclass(getattr(clfw.strategies, n), PromptModule)
+    ]  # bench_prompts.py
+    names = ["Naive", *sorted(n for n in clfw.strategies.__all__ if n not in ("Naive", "Refresh", *prompts))]
     results = {name: lightning_run(name) for name in names}
     naive = results["Naive"][0]
     print(f"1. time per training step, tasks 1-4, {torch.get_num_threads()} threads (median)")

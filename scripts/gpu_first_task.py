@@ -24,8 +24,8 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-import strategies
-from benchmarks import SplitCIFAR100
+import clfw.strategies
+from clfw.benchmarks import SplitCIFAR100
 
 
 class SyntheticCIFAR100(SplitCIFAR100):
@@ -83,7 +83,7 @@ def build(method: str, tiny: bool, epochs: int | None) -> tuple[Any, SyntheticCI
     if sched:
         t_max = sched["init_args"]["T_max"]
         model_args["lr_scheduler"] = lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=t_max)
-    module = getattr(strategies, config["model"]["class_path"].split(".")[-1])(**model_args)
+    module = getattr(clfw.strategies, config["model"]["class_path"].split(".")[-1])(**model_args)
     dm = SyntheticCIFAR100(per_class=40 if tiny else 500, **data_args)
     return module, dm
 

@@ -3,7 +3,7 @@
     python scripts/kill_anywhere.py [--strategies NAME ...] [--points POINT ...] [--jobs N] [--out DIR]
 
 The SIGKILL counterpart of ``tests/test_kill_anywhere.py`` (which stops runs with exceptions, in-process, for one
-strategy per family). For each strategy of ``strategies.__all__`` (built by ``tests.test_contract.make``, on
+strategy per family). For each strategy of ``clfw.strategies.__all__`` (built by ``tests.test_contract.make``, on
 ``TinyStream(n_tasks=2, batch_size=8, epochs_per_task=2)``: 6 batches per epoch, task 0 ends at step 12, the run at
 step 24), every run is a fresh interpreter (this file, re-run with ``--child``):
 

@@ -40,8 +40,8 @@ from torch.nn import functional as F  # noqa: N812
 sys.path.insert(0, os.path.dirname(__file__))
 from results_split_mnist import run_all, write_tables
 
-from benchmarks.mnist import MNIST_MEAN, MNIST_STD, load_mnist
 from clfw import Normalize
+from clfw.benchmarks.mnist import MNIST_MEAN, MNIST_STD, load_mnist
 from clfw.prompt import create_vit
 
 VIT = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=64, depth=4, num_heads=4)

@@ -20,7 +20,7 @@ class DER(ContinualModule):
     plus ``alpha`` times the mean squared error between the network's logits on a replayed minibatch and the stored
     ones (Eq. 4 of the paper; the MSE averages over samples and logits, as the reference code does). Replayed inputs go
     through the training transform when drawn. The current batch and the replayed one are separate forward passes, as in
-    the reference code. Logged as ``train/der``. :class:`~strategies.DERPP` adds the label term.
+    the reference code. Logged as ``train/der``. :class:`~clfw.strategies.DERPP` adds the label term.
 
     Args:
         buffer_size: Memory capacity (samples).

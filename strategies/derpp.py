@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.nn import functional as F  # noqa: N812
 from typing_extensions import override
 
-from strategies.der import DER
+from clfw.strategies.der import DER
 
 
 class DERPP(DER):
@@ -23,7 +23,8 @@ class DERPP(DER):
     Args:
         beta: Weight of the replayed-label cross-entropy (0.5 is the paper's best for Seq-CIFAR-10, 500 samples).
         alpha: Weight of the logit-matching term (0.2 is the paper's best with beta for Seq-CIFAR-10, 500 samples).
-        **kwargs: Arguments of :class:`~strategies.DER` (buffer_size, replay_batch_size, buffer_seed, backbone ...).
+        **kwargs: Arguments of :class:`~clfw.strategies.DER` (buffer_size, replay_batch_size, buffer_seed,
+            backbone ...).
     """
 
     def __init__(self, beta: float = 0.5, alpha: float = 0.2, **kwargs: Any) -> None:

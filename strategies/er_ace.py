@@ -8,7 +8,7 @@ from torch.nn import functional as F  # noqa: N812
 from typing_extensions import override
 
 from clfw import Batch
-from strategies.er import ER
+from clfw.strategies.er import ER
 
 
 class ERACE(ER):
@@ -22,7 +22,7 @@ class ERACE(ER):
     holds one task). Logged as ``train/replay``.
 
     Args:
-        **kwargs: Arguments of :class:`~strategies.ER` (buffer_size, replay_batch_size, buffer_seed, backbone ...).
+        **kwargs: Arguments of :class:`~clfw.strategies.ER` (buffer_size, replay_batch_size, buffer_seed, backbone ...).
     """
 
     def incoming_mask(self, batch: Batch) -> Tensor:

@@ -21,9 +21,9 @@ class EWC(Plugin):
     ``(lambda / 2) sum_t sum_i F_t,i (theta_i - theta*_t,i)^2``: one term per past task (EWC), or with ``online`` one
     accumulated ``F <- gamma F + F_t`` and the latest anchor (online EWC). Logged as ``train/ewc``.
 
-    A plugin, so it combines with any strategy: ``--model Naive --model.plugins+=strategies.EWC`` is EWC,
-    ``--model ER --model.plugins+=strategies.EWC`` is ER with EWC (``configs/model/ewc.yaml``). Under DDP the Fisher is
-    summed over the ranks' shards and divided by the global count, so every rank holds the same penalty.
+    A plugin, so it combines with any strategy: ``--model Naive --model.plugins+=clfw.strategies.EWC`` is EWC,
+    ``--model ER --model.plugins+=clfw.strategies.EWC`` is ER with EWC (``configs/model/ewc.yaml``). Under DDP the
+    Fisher is summed over the ranks' shards and divided by the global count, so every rank holds the same penalty.
 
     Args:
         ewc_lambda: Penalty weight lambda (tune it per benchmark; the papers' values range over orders of magnitude).

@@ -23,7 +23,7 @@ class LwF(Plugin):
     teacher's entropy, a constant). The old classes are those of the tasks before the current one (all classes in
     domain-IL). The teacher runs in eval mode without gradients. Logged as ``train/lwf``.
 
-    A plugin, so it combines with any strategy (``--model ER --model.plugins+=strategies.LwF`` is ER + LwF). The
+    A plugin, so it combines with any strategy (``--model ER --model.plugins+=clfw.strategies.LwF`` is ER + LwF). The
     strategy must return the current batch's raw ``logits`` from ``training_loss``, as clfw's strategies do; otherwise
     the student's logits are recomputed.
 

@@ -20,7 +20,7 @@ class MAS(QuadraticPenalty):
     as the authors' code does, and the anchor ``theta*`` becomes the current parameters. The loss gets the paper's
     penalty ``lambda sum_i Omega_i (theta_i - theta*_i)^2`` (no 1/2). Logged as ``train/mas``.
 
-    A plugin, so it combines with any strategy: ``--model Naive --model.plugins+=strategies.MAS`` is MAS
+    A plugin, so it combines with any strategy: ``--model Naive --model.plugins+=clfw.strategies.MAS`` is MAS
     (``configs/model/mas.yaml``). Under DDP the importance is summed over the ranks' shards and divided by the global
     count, so every rank holds the same penalty.
 

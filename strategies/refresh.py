@@ -110,7 +110,8 @@ class Refresh(Plugin):
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             torch.manual_seed(int(torch.randint(2**62, (), generator=derived_generator(self.seed, 7, int(self.steps)))))
             loss = F.cross_entropy(module.masked(module(batch.x), batch.task), batch.y)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            # no trainable parameter may reach the loss (GDumb trains only at task ends): then g is zero
+            grads = torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad else [None] * len(params)
         with torch.no_grad():
             for n, value in saved.items():
                 module.get_buffer(n).copy_(value)

@@ -29,7 +29,7 @@ class SI(QuadraticPenalty):
     scaler) count as 0. Under DDP the gradients in ``.grad`` are already averaged across ranks and the parameters are
     equal, so every rank computes the same ``omega`` without any communication (reducing it would count twice).
 
-    A plugin, so it combines with any strategy: ``--model Naive --model.plugins+=strategies.SI`` is SI
+    A plugin, so it combines with any strategy: ``--model Naive --model.plugins+=clfw.strategies.SI`` is SI
     (``configs/model/si.yaml``). The defaults are the authors' Split MNIST values (``c = 1``, ``xi = 1e-3``, in the
     ``fig_split_mnist`` notebook of their code, ganguli-lab/pathint; they used ``xi = 0.1`` on permuted MNIST).
 

@@ -1,14 +1,16 @@
-"""Test helpers: a tiny synthetic stream, and a strategy and plugin defined outside clfw (as a researcher would)."""
+"""Test helpers: a strategy and plugin defined outside clfw (as a researcher would), kill points, script launchers.
+
+The tiny stream and the fitting and comparison helpers live in the plug-in kit, :mod:`clfw.testing`, and are
+re-exported here for the tests.
+"""
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,77 +19,27 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from clfw import (
-    AccuracyMatrix,
-    Batch,
-    ContinualCallback,
-    ContinualDataModule,
-    ContinualModule,
-    Normalize,
-    Plugin,
-    Stream,
-)
-from clfw.data import ScenarioName, class_incremental_tasks, classes_per_task_split, domain_incremental_tasks
+from clfw import AccuracyMatrix, Batch, ContinualCallback, ContinualModule, Plugin
+from clfw.testing import Interrupt, TinyStream, assert_same_state, fit, snapshot
 
-
-class TinyStream(ContinualDataModule):
-    """Synthetic stream: ``num_classes`` Gaussian blobs as ``uint8 [1, 4, 4]`` images, split into tasks.
-
-    Args:
-        n_tasks: Number of tasks.
-        num_classes_total: Number of classes.
-        train_per_class: Training samples per class.
-        test_per_class: Test samples per class.
-        scenario: class, task or domain (domain: every task holds all classes, shifted inputs per task).
-        **kwargs: Stream arguments of ContinualDataModule.
-    """
-
-    def __init__(
-        self,
-        n_tasks: int = 2,
-        num_classes_total: int = 4,
-        train_per_class: int = 24,
-        test_per_class: int = 10,
-        scenario: ScenarioName = "class",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(scenario=scenario, **kwargs)
-        self._n_tasks, self._num_classes = n_tasks, num_classes_total
-        self.train_per_class, self.test_per_class = train_per_class, test_per_class
-        if scenario != "domain":
-            self.sizes = classes_per_task_split(num_classes_total, n_tasks, None)
-
-    @property
-    @override
-    def num_classes(self) -> int:
-        return self._num_classes
-
-    @property
-    @override
-    def n_tasks(self) -> int:
-        return self._n_tasks
-
-    @override
-    def eval_transform(self) -> Normalize:
-        return Normalize((0.5,), (0.25,))
-
-    def _blobs(self, per_class: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        centers = torch.rand(self._num_classes, 1, 4, 4, generator=torch.Generator().manual_seed(123)) * 200 + 20
-        y = torch.arange(self._num_classes).repeat_interleave(per_class)
-        x = centers[y] + torch.randn(len(y), 1, 4, 4, generator=g) * 25
-        return x.clamp(0, 255).to(torch.uint8), y
-
-    @override
-    def build_stream(self) -> Stream:
-        g = torch.Generator().manual_seed(self.seed)
-        train, test = self._blobs(self.train_per_class, g), self._blobs(self.test_per_class, g)
-        if self.scenario == "domain":
-            warps = [lambda x, t=t: (x.int() + 30 * t).clamp(0, 255).to(torch.uint8) for t in range(self._n_tasks)]
-            tasks = domain_incremental_tasks(train, test, warps, self._num_classes, self.val_fraction, self.seed)
-        else:
-            order = list(range(self._num_classes))
-            tasks = class_incremental_tasks(train, test, order, self.sizes, self.val_fraction, self.seed)
-        return Stream(tasks, self.scenario, self._num_classes, (1, 4, 4), self.task_boundaries_visible)
+__all__ = [
+    "ROOT",
+    "Interrupt",
+    "KillAt",
+    "KillAtStep",
+    "L2Plugin",
+    "RecordEvents",
+    "SaveFinalState",
+    "ScaledLoss",
+    "TinyStream",
+    "assert_same_state",
+    "fit",
+    "free_port",
+    "run_script",
+    "snapshot",
+    "tiny_vit",
+    "write_cifar",
+]
 
 
 class ScaledLoss(ContinualModule):
@@ -155,25 +107,6 @@ class RecordEvents(ContinualCallback):
         self.events.append(("end", task, trainer.current_epoch))
 
 
-class Interrupt(pl.Callback):
-    """Stops the run with an exception once ``step`` optimizer steps are done. Lightning runs checkpoint callbacks
-    after all others, so a checkpoint of that very step is not written (stop one step later to resume from it).
-
-    Args:
-        step: Optimizer step after which to stop.
-    """
-
-    resume_neutral = True
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @override
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError(f"interrupted after step {self.step}")
-
-
 class KillAtStep(pl.Callback):
     """Kills its own process with SIGKILL once ``global_step`` reaches ``step`` (after any checkpoint of that step).
 
@@ -212,47 +145,6 @@ class SaveFinalState(pl.Callback):
             {"state_dict": state, "rows": matrix.rows, "initial": matrix.initial, "step": trainer.global_step},
             self.path,
         )
-
-
-def fit(
-    module: ContinualModule, dm: ContinualDataModule, callbacks: list[pl.Callback] | None = None, **trainer_kwargs: Any
-) -> tuple[pl.Trainer, AccuracyMatrix]:
-    """Fits ``module`` on ``dm`` quietly on CPU with an AccuracyMatrix; returns the trainer and the matrix callback.
-
-    ``root`` is the run directory (a fresh temporary one by default, so tests never write into the working tree);
-    ``ckpt_path`` is passed to ``trainer.fit``; other keywords go to the Trainer.
-    """
-    matrix = AccuracyMatrix()
-    ckpt_path = trainer_kwargs.pop("ckpt_path", None)
-    kwargs: dict[str, Any] = dict(
-        max_epochs=dm.total_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=trainer_kwargs.pop("root", None) or tempfile.mkdtemp(prefix="clfw-test-"),
-    )
-    kwargs.update(trainer_kwargs)
-    trainer = pl.Trainer(callbacks=[matrix, *(callbacks or [])], **kwargs)
-    trainer.fit(module, dm, ckpt_path=ckpt_path)
-    return trainer, matrix
-
-
-def snapshot(module: torch.nn.Module) -> dict[str, Any]:
-    """A detached copy of ``module.state_dict()`` (tensors cloned; extra state such as plugin counters copied)."""
-    return {
-        k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in module.state_dict().items()
-    }
-
-
-def assert_same_state(a: dict[str, Any], b: dict[str, Any], label: str = "") -> None:
-    """Every entry equal: tensors bit for bit, other values (extra state) by ``==``."""
-    assert a.keys() == b.keys(), label
-    for k in a:
-        same = torch.equal(a[k], b[k]) if isinstance(a[k], Tensor) else a[k] == b[k]
-        assert same, f"{label} {k}"
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from torch.nn import functional as F  # noqa: N812
 from typing_extensions import override
 
 from clfw.backbones import MLP
-from strategies import AGEM
+from clfw.strategies import AGEM
 from tests.helpers import TinyStream, fit
 
 

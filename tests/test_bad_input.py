@@ -21,7 +21,7 @@ from typing_extensions import override
 
 from clfw import Batch
 from clfw.cli import ContinualCLI, main
-from strategies import Naive
+from clfw.strategies import Naive
 from tests.test_cli import TRAINER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ BASE = (
   class_path: tests.helpers.TinyStream
   init_args: {batch_size: 8, epochs_per_task: 2}  # TinyStream: 2 tasks of 2 classes
 model:
-  class_path: strategies.Naive
+  class_path: clfw.strategies.Naive
   init_args:
     backbone: {class_path: clfw.backbones.MLP, init_args: {in_features: 16, hidden: [8]}}
     optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}
@@ -49,86 +49,99 @@ VIT = {
 
 def prompt_model(name: str, **init_args: Any) -> str:
     """``--model`` as a whole (no base backbone): a prompt strategy over a random-weight ViT for TinyStream's inputs."""
-    return "--model=" + json.dumps({"class_path": f"strategies.{name}", "init_args": {**VIT, **init_args}})
+    return "--model=" + json.dumps({"class_path": f"clfw.strategies.{name}", "init_args": {**VIT, **init_args}})
 
 
-MNIST = ["--data=benchmarks.SplitMNIST"]
+MNIST = ["--data=clfw.benchmarks.SplitMNIST"]
 CE = ["--trainer.callbacks+=clfw.ContinualEvaluation"]
 
 # (arguments after the base config, fragments the one line must contain). "{tmp}" is the test's tmp_path.
 CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     # --- strategy hyperparameters (strategies/*.py, clfw/module.py, clfw/backbones.py)
     "er_buffer_size": (
-        ["--model=strategies.ER", "--model.buffer_size=0"],
+        ["--model=clfw.strategies.ER", "--model.buffer_size=0"],
         ("model.init_args.buffer_size: buffer_size must be >= 1, got 0",),
     ),
     "er_replay_batch_size": (
-        ["--model=strategies.ER", "--model.replay_batch_size=0"],
+        ["--model=clfw.strategies.ER", "--model.replay_batch_size=0"],
         ("model.init_args.replay_batch_size: replay_batch_size must be >= 1, got 0",),
     ),
-    "der_alpha": (["--model=strategies.DER", "--model.alpha=-1"], ("model (strategies.der.DER)", "alpha >= 0", "-1.0")),
-    "derpp_beta": (["--model=strategies.DERPP", "--model.beta=-2"], ("model.init_args.beta:", "got -2.0")),
+    "der_alpha": (
+        ["--model=clfw.strategies.DER", "--model.alpha=-1"],
+        ("model (clfw.strategies.der.DER)", "alpha >= 0", "-1.0"),
+    ),
+    "derpp_beta": (["--model=clfw.strategies.DERPP", "--model.beta=-2"], ("model.init_args.beta:", "got -2.0")),
     "agem_sample_size": (
-        ["--model=strategies.AGEM", "--model.sample_size=0"],
+        ["--model=clfw.strategies.AGEM", "--model.sample_size=0"],
         ("model.init_args.sample_size:", "got 0"),
     ),
     "agem_buffer_per_task": (
-        ["--model=strategies.AGEM", "--model.buffer_size=1"],
+        ["--model=clfw.strategies.AGEM", "--model.buffer_size=1"],
         ("model.init_args.buffer_size: buffer_size=1 leaves no memory for each of 2 tasks",),
     ),
     "icarl_memory_size_zero": (
-        ["--model=strategies.ICaRL", "--model.memory_size=0"],
+        ["--model=clfw.strategies.ICaRL", "--model.memory_size=0"],
         ("model.init_args.memory_size: memory_size must be >= 1", "got 0"),
     ),
     "icarl_memory_below_classes": (
-        ["--model=strategies.ICaRL", "--model.memory_size=3"],
+        ["--model=clfw.strategies.ICaRL", "--model.memory_size=3"],
         ("model.init_args.memory_size: memory_size=3 is less than one exemplar per class",),
     ),
     "icarl_domain": (
-        ["--model=strategies.ICaRL", "--data.scenario=domain"],
+        ["--model=clfw.strategies.ICaRL", "--data.scenario=domain"],
         ("ICaRL does not support the 'domain' scenario",),
     ),
-    "gdumb_epochs": (["--model=strategies.GDumb", "--model.epochs=0"], ("model (strategies.gdumb.GDumb)", "got 0,")),
-    "gdumb_clip": (["--model=strategies.GDumb", "--model.clip=-1"], ("model (strategies.gdumb.GDumb)", "-1.0")),
+    "gdumb_epochs": (
+        ["--model=clfw.strategies.GDumb", "--model.epochs=0"],
+        ("model (clfw.strategies.gdumb.GDumb)", "got 0,"),
+    ),
+    "gdumb_clip": (
+        ["--model=clfw.strategies.GDumb", "--model.clip=-1"],
+        ("model (clfw.strategies.gdumb.GDumb)", "-1.0"),
+    ),
     "ewc_lambda": (
-        ["--model.plugins+=strategies.EWC", "--model.plugins.ewc_lambda=-1"],
-        ("model.init_args.plugins[0] (strategies.ewc.EWC)", "got -1.0"),
+        ["--model.plugins+=clfw.strategies.EWC", "--model.plugins.ewc_lambda=-1"],
+        ("model.init_args.plugins[0] (clfw.strategies.ewc.EWC)", "got -1.0"),
     ),
     "ewc_gamma": (
-        ["--model.plugins+=strategies.EWC", "--model.plugins.gamma=2"],
-        ("model.init_args.plugins[0] (strategies.ewc.EWC)", "gamma in [0, 1]", "2.0"),
+        ["--model.plugins+=clfw.strategies.EWC", "--model.plugins.gamma=2"],
+        ("model.init_args.plugins[0] (clfw.strategies.ewc.EWC)", "gamma in [0, 1]", "2.0"),
     ),
     "ewc_fisher": (
-        ["--model.plugins+=strategies.EWC", "--model.plugins.fisher=exact"],
+        ["--model.plugins+=clfw.strategies.EWC", "--model.plugins.fisher=exact"],
         ("fisher", "one of 'empirical', 'sampled', 'weighted'", "got exact"),
     ),
     "si_c": (
-        ["--model.plugins+=strategies.SI", "--model.plugins.c=-1"],
+        ["--model.plugins+=clfw.strategies.SI", "--model.plugins.c=-1"],
         ("model.init_args.plugins[0].init_args.c: c must be >= 0, got -1.0",),
     ),
     "si_xi": (
-        ["--model.plugins+=strategies.SI", "--model.plugins.xi=0"],
+        ["--model.plugins+=clfw.strategies.SI", "--model.plugins.xi=0"],
         ("model.init_args.plugins[0].init_args.xi: xi must be > 0, got 0.0",),
     ),
     "mas_lambda": (
-        ["--model.plugins+=strategies.MAS", "--model.plugins.mas_lambda=-3"],
+        ["--model.plugins+=clfw.strategies.MAS", "--model.plugins.mas_lambda=-3"],
         ("model.init_args.plugins[0].init_args.mas_lambda:", "got -3.0"),
     ),
     "lwf_temperature": (
-        ["--model.plugins+=strategies.LwF", "--model.plugins.temperature=0"],
-        ("model.init_args.plugins[0] (strategies.lwf.LwF)", "temperature > 0", "0.0"),
+        ["--model.plugins+=clfw.strategies.LwF", "--model.plugins.temperature=0"],
+        ("model.init_args.plugins[0] (clfw.strategies.lwf.LwF)", "temperature > 0", "0.0"),
     ),
     "second_plugin_index": (
-        ["--model.plugins+=strategies.SI", "--model.plugins+=strategies.MAS", "--model.plugins.mas_lambda=-1"],
+        [
+            "--model.plugins+=clfw.strategies.SI",
+            "--model.plugins+=clfw.strategies.MAS",
+            "--model.plugins.mas_lambda=-1",
+        ],
         ("model.init_args.plugins[1].init_args.mas_lambda:", "got -1.0"),
     ),
     "refresh_unlearn_lr": (
-        ["--model.plugins+=strategies.Refresh", "--model.plugins.unlearn_lr=0"],
-        ("model.init_args.plugins[0] (strategies.refresh.Refresh)", "unlearn_lr > 0", "'unlearn_lr': 0.0"),
+        ["--model.plugins+=clfw.strategies.Refresh", "--model.plugins.unlearn_lr=0"],
+        ("model.init_args.plugins[0] (clfw.strategies.refresh.Refresh)", "unlearn_lr > 0", "'unlearn_lr': 0.0"),
     ),
     "l2p_top_k": (
         [prompt_model("L2P", top_k=20)],
-        ("model (strategies.l2p.L2P)", "top_k <= pool_size", "top_k=20"),
+        ("model (clfw.strategies.l2p.L2P)", "top_k <= pool_size", "top_k=20"),
     ),
     "dualprompt_pool": (
         [prompt_model("DualPrompt", e_pool_size=1, g_layers=[0], e_layers=[1])],
@@ -136,7 +149,7 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     ),
     "coda_prompt_length": (
         [prompt_model("CODAPrompt", prompt_length=3, layers=[0])],
-        ("model (strategies.coda_prompt.CODAPrompt)", "prompt_length even", "prompt_length=3"),
+        ("model (clfw.strategies.coda_prompt.CODAPrompt)", "prompt_length even", "prompt_length=3"),
     ),
     "mlp_hidden": (["--model.backbone.hidden=[0]"], ("model.init_args.backbone (clfw.backbones.MLP)", "[0]")),
     "mlp_dropout": (
@@ -193,43 +206,43 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ("MNIST not found under root=", "nomnist", "download=True"),
     ),
     "permuted_mnist_scenario": (
-        ["--data=benchmarks.PermutedMNIST", "--data.scenario=class"],
+        ["--data=clfw.benchmarks.PermutedMNIST", "--data.scenario=class"],
         ("PermutedMNIST supports only scenario='domain', got 'class'",),
     ),
     "permuted_mnist_n_tasks": (
-        ["--data=benchmarks.PermutedMNIST", "--data.n_tasks=0"],
+        ["--data=clfw.benchmarks.PermutedMNIST", "--data.n_tasks=0"],
         ("data.init_args.n_tasks: n_tasks must be positive, got 0",),
     ),
     "rotated_mnist_angles": (
-        ["--data=benchmarks.RotatedMNIST", "--data.angles=[]"],
+        ["--data=clfw.benchmarks.RotatedMNIST", "--data.angles=[]"],
         ("data.init_args.angles: angles must name at least one angle, got []",),
     ),
     "cifar_missing": (
-        ["--data=benchmarks.SplitCIFAR10", "--data.root={tmp}/nocifar"],
+        ["--data=clfw.benchmarks.SplitCIFAR10", "--data.root={tmp}/nocifar"],
         ("cifar10 files", "nocifar", "download=True"),
     ),
     "cifar_image_size": (
-        ["--data=benchmarks.SplitCIFAR10", "--data.image_size=0"],
+        ["--data=clfw.benchmarks.SplitCIFAR10", "--data.image_size=0"],
         ("data.init_args.image_size: image_size must be a positive size or None, got 0",),
     ),
     "image_folder_missing": (
-        ["--data=benchmarks.ImageFolderStream", "--data.root={tmp}/nowhere"],
+        ["--data=clfw.benchmarks.ImageFolderStream", "--data.root={tmp}/nowhere"],
         ("data.init_args.root: root=", "nowhere' does not exist", "root/<class>/<image>"),
     ),
     "image_folder_test_fraction": (
-        ["--data=benchmarks.ImageFolderStream", "--data.root={tmp}/folder", "--data.test_fraction=1.5"],
-        ("data (benchmarks.image_folder.ImageFolderStream)", "0 < test_fraction < 1", "1.5"),
+        ["--data=clfw.benchmarks.ImageFolderStream", "--data.root={tmp}/folder", "--data.test_fraction=1.5"],
+        ("data (clfw.benchmarks.image_folder.ImageFolderStream)", "0 < test_fraction < 1", "1.5"),
     ),
     "image_folder_too_many_tasks": (
-        ["--data=benchmarks.ImageFolderStream", "--data.root={tmp}/folder"],
+        ["--data=clfw.benchmarks.ImageFolderStream", "--data.root={tmp}/folder"],
         ("n_tasks=10: 2 classes cannot be cut into 10 tasks", "use n_tasks 1 or 2"),
     ),
     "tiny_imagenet_train_folder": (
-        ["--data=benchmarks.ImageFolderStream", "--data.root={tmp}/tiny-imagenet-200/train"],
+        ["--data=clfw.benchmarks.ImageFolderStream", "--data.root={tmp}/tiny-imagenet-200/train"],
         ("data.init_args.root:", "tiny-imagenet-200/train", "Tiny-ImageNet layout", "root/<class>/<image>"),
     ),
     "tiny_imagenet_top_folder": (
-        ["--data=benchmarks.ImageFolderStream", "--data.root={tmp}/tiny-imagenet-200"],
+        ["--data=clfw.benchmarks.ImageFolderStream", "--data.root={tmp}/tiny-imagenet-200"],
         ("tiny-imagenet-200'", "Tiny-ImageNet layout (root/train/<wnid>/images/*.JPEG)", "does not read"),
     ),
     # --- callbacks (clfw/continual_eval.py, clfw/evaluation.py)
@@ -253,8 +266,11 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "ckpt_path": (["--ckpt_path={tmp}/no/last.ckpt"], ("no/last.ckpt",)),
     # --- class paths, options and types (jsonargparse)
     "unknown_module": (["--model=mylab.NoSuchStrategy"], ("model:", "'mylab.NoSuchStrategy'", "No module named")),
-    "unknown_class": (["--model=strategies.NoSuch"], ("model:", "'strategies.NoSuch'", "has no attribute 'NoSuch'")),
-    "unknown_stream": (["--data=benchmarks.NoStream"], ("data:", "'benchmarks.NoStream'")),
+    "unknown_class": (
+        ["--model=clfw.strategies.NoSuch"],
+        ("model:", "'clfw.strategies.NoSuch'", "has no attribute 'NoSuch'"),
+    ),
+    "unknown_stream": (["--data=clfw.benchmarks.NoStream"], ("data:", "'clfw.benchmarks.NoStream'")),
     "unknown_option": (["--trainer.no_such_option=3"], ("--trainer.no_such_option", "3")),
     "unknown_init_arg": (["--model.no_such_arg=3"], ("model:", "'no_such_arg'", "not accepted")),
     "type_int": (["--data.batch_size=many"], ("data.init_args.batch_size: expected int, got many",)),
@@ -316,7 +332,7 @@ def test_split_mnist_suggests_no_empty_tasks(base: list[str], capsys: pytest.Cap
 
 
 def test_icarl_memory_size_is_named_not_capacity(base: list[str], capsys: pytest.CaptureFixture) -> None:
-    line = one_line_error([*base, "--model=strategies.ICaRL", "--model.memory_size=0"], capsys)
+    line = one_line_error([*base, "--model=clfw.strategies.ICaRL", "--model.memory_size=0"], capsys)
     assert "capacity" not in line, line
 
 
@@ -347,10 +363,10 @@ def test_debug_flag_and_env_keep_the_traceback(
         main([*base, "--data.batch_size=many", "--debug"])
     monkeypatch.setenv("CLFW_DEBUG", "1")
     with pytest.raises(ValueError, match="got 0"):
-        main([*base, "--model=strategies.ER", "--model.replay_batch_size=0"])
+        main([*base, "--model=clfw.strategies.ER", "--model.replay_batch_size=0"])
     monkeypatch.setenv("CLFW_DEBUG", "0")
     assert "replay_batch_size" in one_line_error(
-        [*base, "--model=strategies.ER", "--model.replay_batch_size=0"], capsys
+        [*base, "--model=clfw.strategies.ER", "--model.replay_batch_size=0"], capsys
     )
 
 

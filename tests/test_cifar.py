@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import SplitCIFAR10, SplitCIFAR100
 from clfw import RandomCropFlip
+from clfw.benchmarks import SplitCIFAR10, SplitCIFAR100
 from tests.helpers import ROOT, write_cifar
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import clfw.strategies
+from clfw import Plugin
 from clfw.cli import ContinualCLI, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +35,7 @@ data:
 """
 MODEL = """
 model:
-  class_path: strategies.Naive
+  class_path: clfw.strategies.Naive
   init_args:
     backbone: {class_path: clfw.backbones.MLP, init_args: {in_features: 16, hidden: [8]}}
     optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}
@@ -139,7 +142,7 @@ def test_progress_bar_names_the_task(tmp_path: Path) -> None:
     assert bars[0].train_progress_bar.desc.startswith("Task 1 (2/2), epoch 2/2")
 
 
-@pytest.mark.parametrize("plugin", ["EWC", "strategies.LwF"])
+@pytest.mark.parametrize("plugin", ["EWC", "clfw.strategies.LwF"])
 def test_model_help_on_a_plugin_says_it_is_a_plugin(plugin: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--model.help", plugin])
@@ -152,3 +155,19 @@ def test_plugin_help_lists_the_plugins_arguments(capsys: pytest.CaptureFixture) 
     with pytest.raises(SystemExit):
         main(["fit", "--model", "Naive", "--model.plugins.help", "EWC"])
     assert "--plugins.ewc_lambda" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(clfw.strategies.__all__))
+def test_help_works_for_every_strategy_and_plugin(name: str, capsys: pytest.CaptureFixture) -> None:
+    """``--model.help S`` for a strategy, ``--model.plugins.help P`` for a plugin: each lists every argument."""
+    cls = getattr(clfw.strategies, name)
+    is_plugin = issubclass(cls, Plugin)
+    args = ["fit", "--model", "Naive", "--model.plugins.help", name] if is_plugin else ["fit", "--model.help", name]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    prefix = "--plugins." if is_plugin else "--model."
+    params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+    missing = [p for p in params if f"{prefix}{p}" not in out]
+    assert not missing, f"{name}'s help lacks {missing}"

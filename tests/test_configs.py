@@ -5,6 +5,10 @@ A fragment (a ``data/``, ``model/`` or ``plugins/`` file) is composed with what 
 ``trainer/cpu.yaml``, ``data/split_mnist.yaml``, ``model/naive.yaml`` (``prompt_digits/`` methods with their
 ``base.yaml``). The tiny budget is ``--data.n_tasks 2 --data.epochs_per_task 1 --trainer.limit_train_batches 2``
 (clfw refuses ``max_steps``: the stream fixes the length of training).
+
+``configs/experiments/`` are complete runs: each trains a few steps too (the CIFAR ones on small files in CIFAR's format
+written by ``tests.helpers.write_cifar``, with a slim ResNet). ``configs/sweeps/`` holds W&B sweep files, not clfw
+configs: ``tests/test_sweeps.py`` renders and parses their commands.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import yaml
 from clfw.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
+SWEEPS = ROOT / "configs" / "sweeps"
+CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml") if SWEEPS not in p.parents)
 TINY = ["--data.n_tasks=2", "--data.epochs_per_task=1", "--trainer.limit_train_batches=2"]
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter is intended")
 
@@ -64,3 +69,64 @@ def test_every_strategy_and_plugin_config_trains_a_few_steps(config: str, tmp_pa
     main(["fit", *composed(config), *TINY, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"])
     metrics = yaml.safe_load((tmp_path / "metrics.json").read_text())
     assert metrics["tasks_completed"] == 2
+
+
+EXPERIMENTS = [c for c in CONFIGS if c.startswith("configs/experiments/")]
+
+
+def _resolved(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code in (0, None), err
+    return yaml.safe_load(out)
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS)
+def test_every_experiment_trains_a_few_steps(config: str, tmp_path: Path) -> None:
+    from tests.helpers import write_cifar
+
+    top = yaml.safe_load((ROOT / config).read_text())
+    args = [*composed(config), *TINY, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+    stream = top["data"]["class_path"].rsplit(".", 1)[-1]
+    if stream in ("SplitCIFAR10", "SplitCIFAR100"):
+        write_cifar(tmp_path / "data", stream[5:].lower(), per_class=2)
+        args.append(f"--data.init_args.root={tmp_path / 'data'}")
+    if top["model"]["init_args"]["backbone"]["class_path"].endswith("ResNet18"):
+        args.append("--model.init_args.backbone.init_args.nf=4")
+    main(["fit", *args, "--trainer.enable_progress_bar=false"])
+    metrics = yaml.safe_load((tmp_path / "metrics.json").read_text())
+    assert metrics["tasks_completed"] == 2
+
+
+def test_the_er_experiment_is_the_composition_behind_the_mnist_results(capsys: pytest.CaptureFixture[str]) -> None:
+    """configs/experiments/er_split_mnist.yaml reproduces a row of docs/results_split_mnist.md, whose runs
+    (scripts/results_split_mnist.py) compose trainer/cpu.yaml, data/split_mnist.yaml and model/er.yaml."""
+    experiment = _resolved(["--config", str(ROOT / "configs/experiments/er_split_mnist.yaml")], capsys)
+    parts = ["configs/trainer/cpu.yaml", "configs/data/split_mnist.yaml", "configs/model/er.yaml"]
+    composition = _resolved([a for p in parts for a in ("--config", str(ROOT / p))], capsys)
+    for c in (experiment, composition):
+        c["trainer"]["logger"]["init_args"].pop("name")
+    assert experiment == composition
+
+
+def test_the_derpp_experiment_has_the_der_papers_settings_for_cifar10_buffer_500(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Buzzega et al. 2020, best values for Seq-CIFAR-10 with 500 samples (Mammoth's best_args: seq-cifar10, derpp,
+    500): plain SGD (no momentum, no weight decay, no schedule), lr 0.03, batch 32, minibatch 32, alpha 0.2, beta 0.5,
+    50 epochs; reduced ResNet-18 with nf 64; 5 tasks of 2 classes, class-IL."""
+    config = _resolved(["--config", str(ROOT / "configs/experiments/derpp_split_cifar10_buffer500.yaml")], capsys)
+    data, model = config["data"], config["model"]
+    assert data["class_path"] == "clfw.benchmarks.SplitCIFAR10" and model["class_path"] == "clfw.strategies.DERPP"
+    expected_data = {"n_tasks": 5, "scenario": "class", "batch_size": 32, "epochs_per_task": 50, "augment": True}
+    assert {k: data["init_args"][k] for k in expected_data} == expected_data
+    args = model["init_args"]
+    expected = {"buffer_size": 500, "replay_batch_size": 32, "alpha": 0.2, "beta": 0.5, "lr_scheduler": None}
+    assert {k: args[k] for k in expected} == expected
+    assert args["backbone"] == {"class_path": "clfw.backbones.ResNet18", "init_args": {"in_channels": 3, "nf": 64}}
+    optimizer = args["optimizer"]
+    assert optimizer["class_path"] == "torch.optim.SGD"
+    sgd = {k: optimizer["init_args"][k] for k in ("lr", "momentum", "weight_decay", "nesterov")}
+    assert sgd == {"lr": 0.03, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False}

@@ -12,7 +12,7 @@ import torch
 
 from clfw import ContinualEvaluation
 from clfw.backbones import MLP
-from strategies import Naive
+from clfw.strategies import Naive
 from tests.helpers import TinyStream, fit
 
 

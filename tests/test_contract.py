@@ -1,6 +1,8 @@
-"""Contract tests over every strategy in ``strategies.__all__``: one table of tiny arguments, parametrized.
+"""Contract tests over every strategy in ``clfw.strategies.__all__``: one table of tiny arguments, parametrized, run
+through the plug-in kit ``clfw.testing`` (the same checks a researcher runs on an outside strategy).
 
-A strategy without an entry in ``TINY_KWARGS`` fails ``test_every_strategy_has_an_entry``.
+A strategy without an entry in ``TINY_KWARGS`` fails ``test_every_strategy_has_an_entry``. The DDP check of the same
+table runs in tests/test_ddp.py (one launch for every strategy).
 """
 
 from __future__ import annotations
@@ -9,16 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
-import torch
 
-import strategies
-from clfw import ContinualModule, Plugin
+import clfw.strategies
+from clfw import ContinualModule
 from clfw.backbones import MLP
-from clfw.prompt import PromptModule
-from tests.helpers import Interrupt, TinyStream, assert_same_state, fit, snapshot, tiny_vit
+from clfw.testing import build_model, check_strategy, model_config
+from tests.helpers import TinyStream
 
-TINY_KWARGS: dict[str, dict[str, Any]] = {
+TINY_VIT: dict[str, Any] = {  # a random-weight timm ViT for TinyStream's [1, 4, 4] inputs (tests.helpers.tiny_vit)
+    "vit": "vit_tiny_patch16_224",
+    "pretrained": False,
+    "vit_kwargs": {"img_size": 4, "patch_size": 2, "in_chans": 1, "embed_dim": 16, "depth": 3, "num_heads": 2},
+}
+TINY_KWARGS: dict[str, dict[str, Any]] = {  # init_args as in a config file; clfw.testing adds a tiny MLP and SGD
     "Naive": {},
     "Cumulative": {},
     "Joint": {},
@@ -34,27 +39,23 @@ TINY_KWARGS: dict[str, dict[str, Any]] = {
     "SI": {"c": 1.0, "xi": 0.1},  # a Plugin: tested on Naive
     "MAS": {"mas_lambda": 1.0},  # a Plugin: tested on Naive
     "Refresh": {"delta": 0.01},  # a Plugin: tested on Naive (delta large enough to matter in a tiny run)
-    "L2P": {"pool_size": 4, "prompt_length": 2, "top_k": 2},  # prompt strategies: on tests.helpers.tiny_vit
-    "DualPrompt": {"g_length": 2, "g_layers": [0], "e_pool_size": 2, "e_length": 2, "e_layers": [1, 2]},
-    "CODAPrompt": {"pool_size": 4, "prompt_length": 2, "layers": [0, 1], "ortho_weight": 0.1},
-    "ViTBaseline": {"finetune": True},
-    # a Plugin: tested on Naive (delta large enough to matter in a tiny run)
+    "L2P": {**TINY_VIT, "pool_size": 4, "prompt_length": 2, "top_k": 2},  # prompt strategies: on the tiny ViT
+    "DualPrompt": {**TINY_VIT, "g_length": 2, "g_layers": [0], "e_pool_size": 2, "e_length": 2, "e_layers": [1, 2]},
+    "CODAPrompt": {**TINY_VIT, "pool_size": 4, "prompt_length": 2, "layers": [0, 1], "ortho_weight": 0.1},
+    "ViTBaseline": {**TINY_VIT, "finetune": True},
 }
-NAMES = sorted(strategies.__all__)
+NAMES = sorted(clfw.strategies.__all__)
+SINGLE_PROCESS_CHECKS = ("resume", "scenarios", "hygiene", "composition")  # "ddp": tests/test_ddp.py
+
+
+def config(name: str) -> dict[str, Any]:
+    """The model config of ``name`` with its tiny arguments (a plugin such as EWC is attached to Naive)."""
+    return model_config(f"clfw.strategies.{name}", TINY_KWARGS[name])
 
 
 def make(name: str) -> ContinualModule:
-    """The strategy ``name`` with its tiny arguments; a plugin (e.g. EWC) is attached to Naive."""
-    cls = getattr(strategies, name)
-    common: dict[str, Any] = {
-        "backbone": MLP(in_features=16, hidden=(16,), dropout=0.2),
-        "optimizer": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-    }
-    if issubclass(cls, Plugin):
-        return strategies.Naive(plugins=[cls(**TINY_KWARGS[name])], **common)
-    if issubclass(cls, PromptModule):
-        return cls(vit=tiny_vit(), optimizer=common["optimizer"], **TINY_KWARGS[name])
-    return cls(**common, **TINY_KWARGS[name])
+    """The strategy ``name`` with its tiny arguments, built from :func:`config` as ``clfw fit`` builds a model."""
+    return build_model(config(name))
 
 
 def test_every_strategy_has_an_entry() -> None:
@@ -63,28 +64,10 @@ def test_every_strategy_has_an_entry() -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_trains_and_resumes_bit_identically_mid_task(name: str, tmp_path: Path) -> None:
-    def stream() -> TinyStream:
-        return TinyStream(n_tasks=2, batch_size=8, epochs_per_task=2)  # 6 steps per epoch, task 1 = steps 13..24
-
-    torch.manual_seed(0)
-    reference = make(name)
-    _, ref_matrix = fit(reference, stream())
-    assert len(ref_matrix.rows) == 2
-
-    torch.manual_seed(0)
-    interrupted = make(name)
-    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_last=True, save_top_k=-1)
-    with pytest.raises(RuntimeError, match="interrupted"):
-        fit(interrupted, stream(), callbacks=[ckpt, Interrupt(17)], enable_checkpointing=True)
-
-    torch.manual_seed(123)  # resuming must not depend on the global RNG state at restart
-    resumed = make(name)
-    last = torch.load(tmp_path / "last.ckpt", weights_only=False)
-    assert last["global_step"] == 15 and last["clfw"]["task"] == 1, "resume from the middle of task 1"
-    _, matrix = fit(resumed, stream(), ckpt_path=str(tmp_path / "last.ckpt"))
-    assert matrix.rows == ref_matrix.rows
-    assert_same_state(snapshot(reference), snapshot(resumed), name)
+def test_strategy_passes_the_contract_checks(name: str, tmp_path: Path) -> None:
+    """Every supported scenario, train/eval hygiene, composition with Refresh and a replay memory, and a bit-identical
+    resume from the middle of task 1 (clfw.testing.check_strategy)."""
+    check_strategy(f"clfw.strategies.{name}", TINY_KWARGS[name], checks=SINGLE_PROCESS_CHECKS, tmp_path=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -99,5 +82,5 @@ def test_trains_and_resumes_bit_identically_mid_task(name: str, tmp_path: Path) 
 )
 def test_bad_arguments_fail_before_training(name: str, kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        m = getattr(strategies, name)(backbone=MLP(in_features=16, hidden=(8,)), **kwargs)
+        m = getattr(clfw.strategies, name)(backbone=MLP(in_features=16, hidden=(8,)), **kwargs)
         m.attach_stream(TinyStream(n_tasks=2))

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F  # noqa: N812
 
-import strategies
+import clfw.strategies
 from clfw import ContinualModule
 from clfw.buffers import Memory
 from tests.helpers import TinyStream
@@ -83,7 +83,7 @@ def test_lwf_distills_the_models_own_predictions(name: str, monkeypatch: pytest.
     alone misses the prompts of L2P, DualPrompt and CODA-Prompt.
     """
     torch.manual_seed(0)
-    lwf = strategies.LwF(alpha=1.0, temperature=2.0)
+    lwf = clfw.strategies.LwF(alpha=1.0, temperature=2.0)
     m, dm = make(name), TinyStream(n_tasks=2, batch_size=8)
     m.plugins.append(lwf)
     monkeypatch.setattr(ContinualModule, "datamodule", property(lambda self: dm))
@@ -117,7 +117,7 @@ def test_lwf_teacher_of_a_prompt_strategy_survives_a_checkpoint(monkeypatch: pyt
 
     def build() -> ContinualModule:
         m = make("CODAPrompt")
-        m.plugins.append(strategies.LwF())
+        m.plugins.append(clfw.strategies.LwF())
         m.attach_stream(dm)
         return m
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import PermutedMNIST, RotatedMNIST, SplitMNIST
 from clfw import Stream, Task, TaskData
+from clfw.benchmarks import PermutedMNIST, RotatedMNIST, SplitMNIST
 from clfw.loaders import EvalLoader, TaskLoader, shard
 
 
@@ -174,7 +174,7 @@ def test_on_an_accelerator_the_training_transform_runs_after_the_transfer(monkey
     from clfw import Batch
     from clfw.backbones import MLP
     from clfw.datamodule import ContinualDataModule
-    from strategies import Naive
+    from clfw.strategies import Naive
     from tests.helpers import TinyStream, assert_same_state, fit, snapshot
 
     transfer = ContinualDataModule.on_after_batch_transfer

@@ -9,8 +9,9 @@ import torch
 
 from clfw import ContinualEvaluation, evaluate
 from clfw.backbones import MLP
-from strategies import Naive
-from tests.helpers import TinyStream, assert_same_state, run_script
+from clfw.strategies import Naive
+from clfw.testing import COMPANIONS, ContractError, check_replicas, compose, model_config, run_ddp
+from tests.helpers import TinyStream, run_script
 
 
 @pytest.mark.slow
@@ -51,13 +52,18 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_every_strategy_under_ddp_keeps_identical_replicas(tmp_path: Path) -> None:
-    from tests.test_contract import NAMES
+    """clfw.testing's DDP check of every strategy, composed with Refresh and a replay memory, in one launch of the kit's
+    own script; a strategy whose state is rank-local, in the same launch, is caught."""
+    from tests.test_contract import NAMES, config
 
-    run_script("ddp_contract.py", str(tmp_path), cwd=tmp_path)
+    configs = {name: compose(config(name), COMPANIONS) for name in NAMES}
+    configs["rank-local"] = model_config("tests.test_testing_kit.RankLocalState")
+    results = run_ddp(configs, tmp_path)
     for name in NAMES:
-        r0, r1 = (torch.load(tmp_path / f"{name}_rank{r}.pt") for r in (0, 1))
-        assert r0["rows"] == r1["rows"] and len(r0["rows"]) == 2, name
-        assert_same_state(r0["state_dict"], r1["state_dict"], f"{name}: replicas differ in")
-    er = torch.load(tmp_path / "ER_rank0.pt")["state_dict"]
-    # 2 tasks x 48 samples, both ranks' shards offered to one shared memory
-    assert int(er["buffer.seen"]) == 96 and len(set(er["buffer.task"].tolist())) == 2
+        check_replicas(name, *results[name])
+    with pytest.raises(ContractError, match=r"rank-local \[ddp\]: the replicas differ in indices_seen"):
+        check_replicas("rank-local", *results["rank-local"])
+    er = results["ER"][0]["state_dict"]
+    # 2 tasks x 48 samples, both ranks' shards offered to one shared memory: ER's own and the replay plugin's
+    assert int(er["buffer.seen"]) == int(er["plugins.1.memory.seen"]) == 96
+    assert len(set(er["buffer.task"].tolist())) == 2

@@ -9,7 +9,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from clfw.backbones import MLP
 from clfw.buffers import ReservoirBuffer
-from strategies import DER, DERPP
+from clfw.strategies import DER, DERPP
 from tests.helpers import TinyStream, fit
 
 

@@ -16,10 +16,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-import strategies
-from benchmarks import SplitCIFAR10
+import clfw.strategies
 from clfw import Batch, RandomCropFlip
 from clfw.backbones import MLP
+from clfw.benchmarks import SplitCIFAR10
 from clfw.loaders import TaskLoader
 from tests.helpers import Interrupt, assert_same_state, fit, snapshot, write_cifar
 
@@ -42,10 +42,10 @@ def stream(root: Path, **kwargs: Any) -> SplitCIFAR10:
     return SplitCIFAR10(**args)
 
 
-def make(model_seed: int = 0) -> strategies.ER:
+def make(model_seed: int = 0) -> clfw.strategies.ER:
     """ER with an MLP with dropout (draws from the global generator in every step), initialised from ``model_seed``."""
     torch.manual_seed(model_seed)
-    return strategies.ER(
+    return clfw.strategies.ER(
         backbone=MLP(in_features=3 * 32 * 32, hidden=(32,), dropout=0.2),
         optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
         buffer_size=20,

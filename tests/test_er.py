@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 
 from clfw.backbones import MLP
-from strategies import ER, Naive
+from clfw.strategies import ER, Naive
 from tests.helpers import TinyStream, fit
 
 

@@ -10,7 +10,7 @@ from torch.nn import functional as F  # noqa: N812
 from clfw.backbones import MLP
 from clfw.buffers import ReservoirBuffer
 from clfw.data import Batch
-from strategies import ERACE
+from clfw.strategies import ERACE
 from tests.helpers import TinyStream, fit
 
 

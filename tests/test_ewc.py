@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import strategies.ewc as ewc_module
+import clfw.strategies.ewc as ewc_module
 from clfw.backbones import MLP
-from strategies import ER, EWC, Naive
+from clfw.strategies import ER, EWC, Naive
 from tests.helpers import TinyStream, fit
 
 

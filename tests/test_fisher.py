@@ -8,7 +8,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from clfw.backbones import MLP, SmallCNN
 from clfw.fisher import diagonal_fisher, output_sensitivity
-from strategies import Naive
+from clfw.strategies import Naive
 from tests.helpers import TinyStream, free_port, run_script
 
 

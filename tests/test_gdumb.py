@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from clfw.backbones import MLP
-from strategies import GDumb
+from clfw.strategies import GDumb
 from tests.helpers import TinyStream, fit
 
 

@@ -11,7 +11,7 @@ from typing_extensions import override
 from clfw import ContinualCallback, ContinualModule
 from clfw.backbones import MLP
 from clfw.buffers import Memory, ReservoirBuffer, herding
-from strategies import ICaRL
+from clfw.strategies import ICaRL
 from tests.helpers import TinyStream, fit
 
 

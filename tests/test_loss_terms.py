@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
-import strategies
+import clfw.strategies
 from clfw import Batch, ContinualModule
 from clfw.backbones import MLP
 from clfw.prompt import run_blocks, vit_tokens
@@ -99,7 +99,7 @@ def assert_differs(a: Tensor, b: Tensor) -> None:
 @pytest.mark.parametrize(("name", "hi"), [("Naive", 2), ("Cumulative", 2), ("Joint", 6)])
 def test_base_cross_entropy_over_the_classes_seen_so_far(stream: Stream, name: str, hi: int) -> None:
     dm = stream()
-    m = start(getattr(strategies, name)(backbone=mlp()), dm, 0)
+    m = start(getattr(clfw.strategies, name)(backbone=mlp()), dm, 0)
     b = batch(dm, 0)
     with torch.no_grad():
         out = m.training_loss(b)
@@ -111,7 +111,7 @@ def test_base_cross_entropy_over_the_classes_seen_so_far(stream: Stream, name: s
 @pytest.mark.parametrize("scenario", ["class", "task"])
 def test_er_one_cross_entropy_over_current_and_replayed_samples_each_masked(stream: Stream, scenario: str) -> None:
     dm = stream(scenario)
-    m = start(strategies.ER(backbone=mlp(), buffer_size=10, replay_batch_size=4), dm, 1)
+    m = start(clfw.strategies.ER(backbone=mlp(), buffer_size=10, replay_batch_size=4), dm, 1)
     memory = raw(dm, 0)
     m.buffer.add(**memory)
     b = batch(dm, 1)
@@ -128,7 +128,7 @@ def test_er_one_cross_entropy_over_current_and_replayed_samples_each_masked(stre
 # ------------------------------------------------------------------------------------------------------- DER, DER++
 def test_der_adds_alpha_times_the_mse_between_replayed_and_stored_logits(stream: Stream) -> None:
     dm = stream()
-    m = start(strategies.DER(backbone=mlp(), buffer_size=10, replay_batch_size=4, alpha=0.3), dm, 0)
+    m = start(clfw.strategies.DER(backbone=mlp(), buffer_size=10, replay_batch_size=4, alpha=0.3), dm, 0)
     memory = raw(dm, 0)
     stored = 2 * torch.randn(4, 6)
     m.buffer.add(**memory, logits=stored)
@@ -147,7 +147,7 @@ def test_derpp_adds_beta_times_the_masked_cross_entropy_of_replayed_labels(
     stream: Stream, scenario: str, task: int
 ) -> None:
     dm = stream(scenario)
-    m = strategies.DERPP(backbone=mlp(), buffer_size=10, replay_batch_size=4, alpha=0.2, beta=0.7)
+    m = clfw.strategies.DERPP(backbone=mlp(), buffer_size=10, replay_batch_size=4, alpha=0.2, beta=0.7)
     m = start(m, dm, task)
     memory = raw(dm, 0)
     stored = 2 * torch.randn(4, 6)
@@ -170,7 +170,7 @@ def test_derpp_adds_beta_times_the_masked_cross_entropy_of_replayed_labels(
 # ------------------------------------------------------------------------------------------------------------ ER-ACE
 def test_er_ace_incoming_over_present_classes_replay_over_seen_classes(stream: Stream) -> None:
     dm = stream()
-    m = start(strategies.ERACE(backbone=mlp(), buffer_size=10, replay_batch_size=4), dm, 1)
+    m = start(clfw.strategies.ERACE(backbone=mlp(), buffer_size=10, replay_batch_size=4), dm, 1)
     memory = raw(dm, 0)
     m.buffer.add(**memory)
     b = batch(dm, 1)  # classes 2 and 3
@@ -192,7 +192,7 @@ def test_er_ace_incoming_over_present_classes_replay_over_seen_classes(stream: S
 # ------------------------------------------------------------------------------------------------------------- iCaRL
 def test_icarl_bce_over_seen_classes_with_the_previous_models_sigmoids_on_old_ones(stream: Stream) -> None:
     dm = stream()
-    m = start(strategies.ICaRL(backbone=mlp(), memory_size=6, replay_batch_size=6), dm, 0)
+    m = start(clfw.strategies.ICaRL(backbone=mlp(), memory_size=6, replay_batch_size=6), dm, 0)
     previous = copy.deepcopy(nn.Sequential(m.backbone, m.head)).eval()  # the model at the end of task 0
     m.on_task_end(0)  # takes the previous model and 3 exemplars of classes 0 and 1
     m.current_task, m.task_ended = 1, False
@@ -222,8 +222,8 @@ def test_icarl_bce_over_seen_classes_with_the_previous_models_sigmoids_on_old_on
 @pytest.mark.parametrize(("weighting", "weight"), [("fixed", 0.7), ("balanced", 0.7 * 2 * 3.0**2)])
 def test_lwf_tempered_distillation_on_the_old_classes_only(stream: Stream, weighting: str, weight: float) -> None:
     dm = stream()
-    lwf = strategies.LwF(alpha=0.7, temperature=3.0, weighting=weighting)  # type: ignore[arg-type]
-    m = start(strategies.Naive(backbone=mlp(), plugins=[lwf]), dm, 1)
+    lwf = clfw.strategies.LwF(alpha=0.7, temperature=3.0, weighting=weighting)  # type: ignore[arg-type]
+    m = start(clfw.strategies.Naive(backbone=mlp(), plugins=[lwf]), dm, 1)
     previous = copy.deepcopy(nn.Sequential(m.backbone, m.head)).eval()
     lwf.on_task_end(m, 1)
     m.current_task, m.task_ended = 2, False  # the third task: tasks 0 and 1's classes 0..3 are old
@@ -268,10 +268,10 @@ def test_ewc_penalty_is_half_lambda_times_the_fisher_weighted_squared_distance(
     stream: Stream, monkeypatch: pytest.MonkeyPatch, online: bool
 ) -> None:
     dm = stream()
-    ewc = strategies.EWC(ewc_lambda=3.0, online=online, gamma=0.5)
-    m = start(strategies.Naive(backbone=mlp(), plugins=[ewc]), dm, 0)
+    ewc = clfw.strategies.EWC(ewc_lambda=3.0, online=online, gamma=0.5)
+    m = start(clfw.strategies.Naive(backbone=mlp(), plugins=[ewc]), dm, 0)
     fake_fisher, given = draws(m, 2)
-    monkeypatch.setattr(strategies.ewc, "diagonal_fisher", fake_fisher)
+    monkeypatch.setattr(clfw.strategies.ewc, "diagonal_fisher", fake_fisher)
     ewc.on_task_end(m, 0)
     anchor0 = flat(m)
     nudge(m)
@@ -294,8 +294,8 @@ def test_ewc_penalty_is_half_lambda_times_the_fisher_weighted_squared_distance(
 
 def test_si_importance_is_the_normalised_path_integral_and_the_penalty_c_times_it(stream: Stream) -> None:
     dm = stream()
-    si = strategies.SI(c=2.0, xi=0.1)
-    m = start(strategies.Naive(backbone=mlp(), plugins=[si]), dm, 0)
+    si = clfw.strategies.SI(c=2.0, xi=0.1)
+    m = start(clfw.strategies.Naive(backbone=mlp(), plugins=[si]), dm, 0)
     si.on_task_start(m, 0)
     params = [p for _, p in trainable(m)]
     start_theta, omega = flat(m), torch.zeros_like(flat(m))
@@ -322,10 +322,10 @@ def test_mas_penalty_is_lambda_times_the_summed_importance_weighted_squared_dist
     stream: Stream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dm = stream()
-    mas = strategies.MAS(mas_lambda=0.5)
-    m = start(strategies.Naive(backbone=mlp(), plugins=[mas]), dm, 0)
+    mas = clfw.strategies.MAS(mas_lambda=0.5)
+    m = start(clfw.strategies.Naive(backbone=mlp(), plugins=[mas]), dm, 0)
     fake_sensitivity, given = draws(m, 2)
-    monkeypatch.setattr(strategies.mas, "output_sensitivity", fake_sensitivity)
+    monkeypatch.setattr(clfw.strategies.mas, "output_sensitivity", fake_sensitivity)
     mas.on_task_end(m, 0)
     anchor = flat(m)
     nudge(m)
@@ -341,7 +341,7 @@ def test_mas_penalty_is_lambda_times_the_summed_importance_weighted_squared_dist
 @pytest.mark.parametrize("conflict", [True, False])
 def test_agem_projects_against_the_masked_memory_gradient(stream: Stream, conflict: bool) -> None:
     dm = stream()
-    m = start(strategies.AGEM(backbone=mlp(), buffer_size=6, sample_size=2), dm, 0)
+    m = start(clfw.strategies.AGEM(backbone=mlp(), buffer_size=6, sample_size=2), dm, 0)
     m.on_task_end(0)  # 6 // 3 tasks = 2 samples of task 0
     m.current_task, m.task_ended = 1, False
     m._update_seen_mask()
@@ -370,7 +370,7 @@ def test_agem_projects_against_the_masked_memory_gradient(stream: Stream, confli
 # ----------------------------------------------------------------------------------------------------- prompt methods
 def prompt(name: str, **kwargs: object) -> ContinualModule:
     torch.manual_seed(0)
-    return getattr(strategies, name)(vit=tiny_vit(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1), **kwargs)
+    return getattr(clfw.strategies, name)(vit=tiny_vit(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1), **kwargs)
 
 
 def test_l2p_pull_is_weight_times_one_minus_cosine_of_the_selected_keys(stream: Stream) -> None:

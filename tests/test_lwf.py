@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clfw.backbones import MLP
-from strategies import ER, LwF, Naive
+from clfw.strategies import ER, LwF, Naive
 from tests.helpers import TinyStream, fit
 
 

@@ -12,8 +12,8 @@ from clfw import Batch, ContinualCallback, ContinualModule
 from clfw.backbones import MLP, SmallCNN
 from clfw.data import ScenarioName
 from clfw.fisher import output_sensitivity
-from strategies import Naive
-from strategies.mas import MAS
+from clfw.strategies import Naive
+from clfw.strategies.mas import MAS
 from tests.helpers import TinyStream, fit
 
 

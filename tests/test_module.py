@@ -15,7 +15,7 @@ from typing_extensions import override
 from clfw import AccuracyMatrix, Batch, ContinualModule, Plugin
 from clfw.backbones import MLP
 from clfw.metrics import summarize
-from strategies import Cumulative, Joint, Naive
+from clfw.strategies import Cumulative, Joint, Naive
 from tests.helpers import L2Plugin, RecordEvents, ScaledLoss, TinyStream, fit
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-import strategies
+import clfw.strategies
 from clfw import Batch, ContinualEvaluation, ContinualModule, Plugin
 from clfw.backbones import MLP
 from clfw.checkpoint import CheckpointError
@@ -31,7 +31,7 @@ from tests.helpers import TinyStream, fit
 
 def naive(**kwargs: Any) -> ContinualModule:
     torch.manual_seed(0)
-    return strategies.Naive(
+    return clfw.strategies.Naive(
         backbone=MLP(in_features=16, hidden=(8,)), optimizer=lambda p: torch.optim.SGD(p, lr=0.1), **kwargs
     )
 
@@ -73,11 +73,11 @@ def test_a_checkpoint_of_another_run_is_refused_before_training(
 
 def test_a_checkpoint_of_another_strategy_is_refused_naming_both(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    er = strategies.ER(backbone=MLP(in_features=16, hidden=(8,)), buffer_size=10, replay_batch_size=4)
+    er = clfw.strategies.ER(backbone=MLP(in_features=16, hidden=(8,)), buffer_size=10, replay_batch_size=4)
     last = checkpoint_of(er, TinyStream(n_tasks=2, batch_size=8), tmp_path / "a")
-    der = strategies.DER(backbone=MLP(in_features=16, hidden=(8,)), buffer_size=10, replay_batch_size=4)
+    der = clfw.strategies.DER(backbone=MLP(in_features=16, hidden=(8,)), buffer_size=10, replay_batch_size=4)
     with pytest.raises(
-        CheckpointError, match=r"strategy: 'strategies\.er\.ER' \(checkpoint\) != 'strategies\.der\.DER'"
+        CheckpointError, match=r"strategy: 'clfw\.strategies\.er\.ER' \(checkpoint\) != 'clfw\.strategies\.der\.DER'"
     ):
         fit(der, TinyStream(n_tasks=2, batch_size=8), ckpt_path=str(last), root=str(tmp_path / "b"))
 
@@ -148,7 +148,7 @@ def test_a_nan_loss_term_stops_the_run_naming_task_step_and_term(tmp_path: Path)
 
 def test_an_exploding_learning_rate_stops_the_run_and_writes_no_broken_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    module = strategies.Naive(
+    module = clfw.strategies.Naive(
         backbone=MLP(in_features=16, hidden=(8,)), optimizer=lambda p: torch.optim.SGD(p, lr=1e30)
     )
     ckpt = pl.callbacks.ModelCheckpoint(
@@ -180,7 +180,7 @@ def test_a_new_run_into_a_directory_with_another_runs_metrics_is_refused(tmp_pat
     assert (tmp_path / "metrics.json").exists()
     before = (tmp_path / "metrics.json").read_text()
     with pytest.raises(RunDirectoryError, match=r"already holds another run's metrics\.json"):
-        fit(strategies.ER(backbone=MLP(in_features=16, hidden=(8,))), TinyStream(n_tasks=2), root=str(tmp_path))
+        fit(clfw.strategies.ER(backbone=MLP(in_features=16, hidden=(8,))), TinyStream(n_tasks=2), root=str(tmp_path))
     assert (tmp_path / "metrics.json").read_text() == before
 
 

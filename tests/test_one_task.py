@@ -22,7 +22,7 @@ from clfw.metrics import (
 )
 from clfw.plots import accuracy_matrix_figure, stability_gap_figure
 from clfw.stability import StabilityTracker
-from strategies import Naive
+from clfw.strategies import Naive
 from tests.helpers import TinyStream, fit
 
 UNDEFINED = ("forgetting", "backward_transfer", "avalanche_forgetting", "forward_transfer")

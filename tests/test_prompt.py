@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import clfw.prompt
-import strategies
+import clfw.strategies
 from clfw.prompt import PromptModule, block_forward, create_vit, run_blocks, vit_tokens
 from tests.helpers import TinyStream, fit, snapshot, tiny_vit
 
@@ -24,7 +24,7 @@ PROMPTS: dict[str, dict[str, Any]] = {
 def make(name: str, **extra: Any) -> PromptModule:
     torch.manual_seed(0)
     kwargs = {"optimizer": lambda p: torch.optim.Adam(p, lr=0.01), **PROMPTS[name], **extra}
-    return getattr(strategies, name)(vit=tiny_vit(), **kwargs)
+    return getattr(clfw.strategies, name)(vit=tiny_vit(), **kwargs)
 
 
 def test_assembled_parts_reproduce_timms_vit_and_blocks_exactly() -> None:
@@ -59,7 +59,7 @@ def test_only_prompts_and_head_train_and_the_backbone_is_bit_identical(name: str
 @pytest.mark.parametrize("finetune", [False, True])
 def test_vit_baselines_probe_frozen_features_or_fine_tune_everything(finetune: bool) -> None:
     torch.manual_seed(0)
-    m, dm = strategies.ViTBaseline(vit=tiny_vit(), finetune=finetune, cache_queries=True), TinyStream(n_tasks=2)
+    m, dm = clfw.strategies.ViTBaseline(vit=tiny_vit(), finetune=finetune, cache_queries=True), TinyStream(n_tasks=2)
     m.attach_stream(dm)
     before = snapshot(m)
     fit(m, dm)
@@ -136,7 +136,7 @@ def test_coda_components_of_a_new_task_are_orthogonal_and_earlier_ones_do_not_ch
 
 @pytest.mark.parametrize("name", sorted(PROMPTS))
 def test_refresh_moves_only_the_trainable_parameters(name: str) -> None:
-    m = make(name, plugins=[strategies.Refresh(delta=0.05)])
+    m = make(name, plugins=[clfw.strategies.Refresh(delta=0.05)])
     before = snapshot(m)
     fit(m, TinyStream(n_tasks=2, batch_size=8))
     after = snapshot(m)
@@ -159,4 +159,4 @@ def test_weights_by_name_and_tag_or_from_a_local_file(tmp_path: Path) -> None:
         torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values(), strict=True)
     )
     with pytest.raises(ValueError, match="backbone"):
-        strategies.L2P(vit=source, backbone=torch.nn.Identity())
+        clfw.strategies.L2P(vit=source, backbone=torch.nn.Identity())

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks import SplitImageNetR
+from clfw.benchmarks import SplitImageNetR
 from tests.helpers import ROOT
 from tests.test_cifar import write_cifar
 

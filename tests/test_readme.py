@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "mylab" / "src"  # docs/writing-a-strategy.md runs it, as a reader does once installed
 
 
 def readme_commands() -> list[str]:
@@ -51,6 +52,7 @@ def test_every_documented_clfw_command_parses(monkeypatch: Any, capsys: Any) -> 
     commands = documented_clfw_commands()
     assert len(commands) >= 6
     monkeypatch.chdir(ROOT)
+    monkeypatch.syspath_prepend(str(EXAMPLE))
     for name, args in commands:
         with pytest.raises(SystemExit) as exit_info:
             main(["fit", *args, "--print_config"])
@@ -60,17 +62,19 @@ def test_every_documented_clfw_command_parses(monkeypatch: Any, capsys: Any) -> 
 def test_every_documented_offline_clfw_command_trains_with_a_tiny_budget(tmp_path: Path, monkeypatch: Any) -> None:
     """Each documented command that trains offline runs, in order, from a folder holding the repository's configs,
     with ``--data.n_tasks 2 --data.epochs_per_task 1 --trainer.limit_train_batches 2`` appended. Resume commands
-    (``--ckpt_path``, ``--resume``) stay parse-only here: tests/test_resume_cli.py runs the resume policy."""
+    (``--ckpt_path``, ``--resume``) stay parse-only here: tests/test_resume_cli.py runs the resume policy. W&B commands
+    (``configs/trainer/wandb.yaml``) too: tests/test_wandb.py runs the README's offline and reads the run back."""
     import json
 
     from clfw.cli import main
 
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(EXAMPLE))
     tiny = ["--data.n_tasks=2", "--data.epochs_per_task=1", "--trainer.limit_train_batches=2"]
     ran = 0
     for _, args in documented_clfw_commands():
-        if any(a.startswith(("--ckpt_path", "--resume")) for a in args):
+        if any(a.startswith(("--ckpt_path", "--resume")) or "trainer/wandb.yaml" in a for a in args):
             continue
         before = set(tmp_path.rglob("metrics.json"))
         main(["fit", *args, *tiny, "--trainer.enable_progress_bar=false"])

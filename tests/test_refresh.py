@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import strategies
+import clfw.strategies
 from clfw import ContinualModule
 from clfw.backbones import MLP
 from clfw.seeding import derived_generator
-from strategies import Refresh
+from clfw.strategies import Refresh
 from tests.helpers import ScaledLoss, TinyStream, assert_same_state, fit, snapshot
 
 
@@ -42,7 +42,7 @@ class BNDropout(nn.Module):
 def linear_model() -> tuple[ContinualModule, Any]:
     torch.manual_seed(0)
     dm = TinyStream(n_tasks=2)
-    m = strategies.Naive(backbone=Flat(), num_classes=4)
+    m = clfw.strategies.Naive(backbone=Flat(), num_classes=4)
     m.attach_stream(dm)
     m.double()
     batch = dm.stream.tasks[0].train.batch(torch.arange(0, 48, 4), dm.train_transform())
@@ -102,7 +102,7 @@ def test_delta_zero_is_bit_identical_to_the_strategy_alone_with_batchnorm_and_dr
     states = []
     for plugins in ([], [Refresh(delta=0.0)]):
         torch.manual_seed(0)
-        m = strategies.ER(backbone=BNDropout(), buffer_size=20, replay_batch_size=4, plugins=plugins)
+        m = clfw.strategies.ER(backbone=BNDropout(), buffer_size=20, replay_batch_size=4, plugins=plugins)
         fit(m, TinyStream(n_tasks=2, batch_size=8, epochs_per_task=2))
         states.append({k: v for k, v in snapshot(m).items() if not k.startswith("plugins.")})
     assert_same_state(*states, "refresh with delta = 0 changed")
@@ -116,11 +116,11 @@ def test_refresh_composes_with_strategies_and_plugins_unchanged(name: str) -> No
         common: dict[str, Any] = {"backbone": MLP(in_features=16, hidden=(8,))}
         plugins = [Refresh(delta=0.05)] if refresh else []
         if name in ("EWC", "LwF"):
-            return strategies.Naive(plugins=[getattr(strategies, name)(), *plugins], **common)
+            return clfw.strategies.Naive(plugins=[getattr(clfw.strategies, name)(), *plugins], **common)
         if name == "outside":
             return ScaledLoss(factor=0.5, plugins=plugins, **common)
         extra = {"buffer_size": 20, "replay_batch_size": 4} if name != "Naive" else {}
-        return getattr(strategies, name)(plugins=plugins, **common, **extra)
+        return getattr(clfw.strategies, name)(plugins=plugins, **common, **extra)
 
     alone, refreshed = make(False), make(True)
     for m in (alone, refreshed):

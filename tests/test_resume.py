@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import SplitMNIST
 from clfw.backbones import MLP
-from strategies import Naive
+from clfw.benchmarks import SplitMNIST
+from clfw.strategies import Naive
 from tests.helpers import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +32,10 @@ trainer:
     - class_path: clfw.ContinualEvaluation
       init_args: {windows: [5]}
 data:
-  class_path: benchmarks.SplitMNIST
+  class_path: clfw.benchmarks.SplitMNIST
   init_args: {n_tasks: 5, batch_size: 64, epochs_per_task: 1, seed: 3}
 model:
-  class_path: strategies.Naive
+  class_path: clfw.strategies.Naive
   init_args:
     backbone: {class_path: clfw.backbones.MLP, init_args: {hidden: [64, 64], dropout: 0.3}}
     optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.05, momentum: 0.9}}

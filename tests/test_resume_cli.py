@@ -45,7 +45,7 @@ data:
   class_path: tests.helpers.TinyStream
   init_args: {n_tasks: 2, batch_size: 8, epochs_per_task: 2}
 model:
-  class_path: strategies.Naive
+  class_path: clfw.strategies.Naive
   init_args:
     backbone: {class_path: clfw.backbones.MLP, init_args: {in_features: 16, hidden: [16], dropout: 0.2}}
     optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1, momentum: 0.9}}

@@ -26,7 +26,7 @@ data:
   class_path: tests.helpers.TinyStream
   init_args: {n_tasks: 2, batch_size: 8}
 model:
-  class_path: strategies.Naive
+  class_path: clfw.strategies.Naive
   init_args:
     backbone: {class_path: clfw.backbones.MLP, init_args: {in_features: 16, hidden: [8]}}
     optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}
@@ -81,8 +81,8 @@ def _config(seed: int, lr: float = 0.1, run_dir: str = "out") -> dict[str, Any]:
                 {"class_path": "ModelCheckpoint", "init_args": {"dirpath": f"{run_dir}/ckpt", "save_last": True}},
             ],
         },
-        "model": {"class_path": "strategies.Naive", "init_args": {"optimizer": {"init_args": {"lr": lr}}}},
-        "data": {"class_path": "benchmarks.SplitMNIST", "init_args": {"n_tasks": 5, "seed": seed}},
+        "model": {"class_path": "clfw.strategies.Naive", "init_args": {"optimizer": {"init_args": {"lr": lr}}}},
+        "data": {"class_path": "clfw.benchmarks.SplitMNIST", "init_args": {"n_tasks": 5, "seed": seed}},
         "ckpt_path": None if seed else f"{run_dir}/last.ckpt",
     }
 

@@ -13,8 +13,8 @@ from typing_extensions import override
 
 from clfw import ContinualCallback, ContinualModule
 from clfw.backbones import MLP
-from strategies import Naive
-from strategies.si import SI
+from clfw.strategies import Naive
+from clfw.strategies.si import SI
 from tests.helpers import Interrupt, TinyStream, assert_same_state, fit, snapshot
 
 LR = 0.05

@@ -109,3 +109,23 @@ def test_bad_input() -> None:
     tr.update(1, 0, [None])
     with pytest.raises(ValueError, match="must be evaluated at its end"):
         tr.end_task(0)
+
+
+def test_stability_gap_lines_printed_at_the_end() -> None:
+    """ContinualEvaluation prints each gap as: accuracy at its end -> minimum -> when the next task ended -> at the last
+    step (recovery). Task 2 is still training here, so task 1 has no 'when task 2 ended'."""
+    from clfw import ContinualEvaluation
+
+    ce = ContinualEvaluation()
+    ce.tracker, _ = run()
+    task0, task1 = (ce.gap_line(gap) for gap in ce.tracker.stability_gaps())
+    assert task0 == (
+        "  task 0: 90.0% at its end -> min 40.0% at step 4 -> 89.0% when task 1 ended -> 75.0% at the last step "
+        "(back within 1 point after 3 steps of task 1)"
+    )
+    assert task1 == (
+        "  task 1: 80.0% at its end -> min 20.0% at step 7 -> 50.0% at the last step (not back within 1 point during "
+        "task 2)"
+    )
+    ce.tracker, _ = run(tolerance=0.5)  # task 0 never falls below 0.90 - 0.50
+    assert ce.gap_line(ce.tracker.stability_gaps()[0]).endswith("(never more than 50 points below)")

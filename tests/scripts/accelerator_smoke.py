@@ -1,5 +1,5 @@
-"""Fits every strategy of ``strategies.__all__`` (tiny kwargs from tests/test_contract.py) on an accelerator and checks
-that its accuracy matrix is complete. Run on a GPU machine from the repository root:
+"""Fits every strategy of ``clfw.strategies.__all__`` (tiny kwargs from tests/test_contract.py) on an accelerator and
+checks that its accuracy matrix is complete. Run on a GPU machine from the repository root:
 ``PYTHONPATH=. python tests/scripts/accelerator_smoke.py`` (with ``cpu`` as argument it runs on the CPU, which the test
 suite already covers).
 """

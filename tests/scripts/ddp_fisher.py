@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from clfw.backbones import MLP
 from clfw.fisher import diagonal_fisher, output_sensitivity
 from clfw.loaders import EvalLoader
-from strategies import Naive
+from clfw.strategies import Naive
 from tests.helpers import TinyStream
 
 

@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from clfw import AccuracyMatrix, Batch, ContinualEvaluation, ContinualModule, Plugin
 from clfw.backbones import MLP
-from strategies import Naive
+from clfw.strategies import Naive
 from tests.helpers import TinyStream
 
 

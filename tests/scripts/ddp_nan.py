@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-import strategies
+import clfw.strategies
 from clfw import Batch, ContinualModule, Plugin
 from clfw.backbones import MLP
 from clfw.numerics import NonFiniteError
@@ -33,7 +33,7 @@ class NaNOnRankOne(Plugin):
 
 def main(outdir: str) -> None:
     pl.seed_everything(0)
-    model = strategies.Naive(backbone=MLP(in_features=16, hidden=(8,)), plugins=[NaNOnRankOne()])
+    model = clfw.strategies.Naive(backbone=MLP(in_features=16, hidden=(8,)), plugins=[NaNOnRankOne()])
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=outdir,
