@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,7 @@ def test_a_resumed_run_is_the_same_wandb_run_with_the_final_results(offline: Pat
     (offline / "run.yaml").write_text(TINY_CONFIG)
     with pytest.raises(RuntimeError, match="interrupted after step 8"):
         main(["fit", "--config=run.yaml", "--trainer.callbacks+=tests.helpers.Interrupt", "--trainer.callbacks.step=8"])
+    time.sleep(1.1)  # W&B names offline run folders by the second: a resume within the same second shares the folder
     main(["fit", "--config=run.yaml", "--resume=auto"])
 
     (run,) = (offline / "runs" / "tiny").iterdir()
