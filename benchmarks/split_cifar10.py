@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from clfw import Stream
 from clfw.benchmarks.cifar import CIFARStream
-from clfw.data import check_class_order, class_incremental_tasks, classes_per_task_split
+from clfw.data import ClassOrder, class_incremental_tasks, classes_per_task_split, resolve_class_order
 
 
 class SplitCIFAR10(CIFARStream):
@@ -16,7 +16,9 @@ class SplitCIFAR10(CIFARStream):
 
     Args:
         n_tasks: Number of tasks; must divide 10 unless ``classes_per_task`` is given.
-        class_order: Order in which the classes are dealt to tasks (default ``0..9``, as DER's Seq-CIFAR-10).
+        class_order: Order in which the classes are dealt to tasks: a list, ``"sorted"``, ``"random"`` (drawn
+            from ``seed``) or ``"icarl"`` (iCaRL/PyCIL's seed-1993 order); default ``0..C-1``, as DER's
+            Seq-CIFAR-10 (:func:`~clfw.data.resolve_class_order`).
         classes_per_task: Uneven split, e.g. ``[4, 2, 2, 2]``.
         **kwargs: Source arguments of :class:`~clfw.benchmarks.cifar.CIFARStream` and stream arguments of
             :class:`~clfw.ContinualDataModule`.
@@ -28,7 +30,7 @@ class SplitCIFAR10(CIFARStream):
     def __init__(
         self,
         n_tasks: int | None = 5,
-        class_order: list[int] | None = None,
+        class_order: ClassOrder = None,
         classes_per_task: list[int] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -36,8 +38,7 @@ class SplitCIFAR10(CIFARStream):
         if self.scenario == "domain":
             raise ValueError(f"{type(self).__name__} is class- or task-incremental, not 'domain'")
         self.sizes = classes_per_task_split(self.classes, n_tasks, classes_per_task)
-        order = class_order if class_order is not None else range(self.classes)
-        self.class_order = check_class_order(order, range(self.classes))
+        self.class_order = resolve_class_order(class_order, range(self.classes), self.seed)
 
     @property
     @override

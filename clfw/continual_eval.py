@@ -149,7 +149,7 @@ class ContinualEvaluation(ContinualCallback):
         dm = trainer.datamodule
         if trainer.is_last_batch and dm.is_last_epoch_of_task(trainer.current_epoch):  # type: ignore[union-attr]
             return  # evaluated after the task-end hooks instead
-        self._record(trainer, pl_module, pl_module.current_task)  # type: ignore[arg-type]
+        self._record(trainer, pl_module, pl_module.stream_task)  # type: ignore[arg-type]
 
     @override
     def on_task_end(self, trainer: pl.Trainer, module: ContinualModule, task: int) -> None:

@@ -13,10 +13,21 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from clfw.lazy import FileInputs
+
 ScenarioName = Literal["class", "task", "domain"]
 SCENARIOS: tuple[str, ...] = ("class", "task", "domain")
 
 BatchTransform = Callable[[Tensor], Tensor]
+
+Inputs = Tensor | FileInputs
+"""Stored inputs: a tensor in memory, or files decoded on access (:class:`~clfw.lazy.FileInputs`, the lazy path)."""
+
+
+def take(x: Inputs, idx: Tensor) -> Inputs:
+    """The inputs at ``idx`` (positions or a boolean mask) without decoding: ``x[idx]`` for a tensor, a lazy selection
+    for :class:`~clfw.lazy.FileInputs` (whose ``x[idx]`` would decode). Stream builders select samples with it."""
+    return x.take(idx) if isinstance(x, FileInputs) else x[idx]
 
 
 class Batch(NamedTuple):
@@ -40,19 +51,20 @@ class TaskData:
     """The samples of one split of one or more tasks, as tensors.
 
     Attributes:
-        x: Raw inputs in their stored form (``uint8`` images stay ``uint8``), first dimension the sample.
+        x: Raw inputs in their stored form (``uint8`` images stay ``uint8``), first dimension the sample: a tensor, or
+            :class:`~clfw.lazy.FileInputs` on the lazy path, where ``x[idx]`` decodes the same ``uint8`` tensor.
         y: Labels, ``int64``.
         task: Task id per sample, ``int64``.
         index: Index of each sample within its task's split, ``int64``.
     """
 
-    x: Tensor
+    x: Inputs
     y: Tensor
     task: Tensor
     index: Tensor
 
     @classmethod
-    def for_task(cls, x: Tensor, y: Tensor, task_id: int) -> TaskData:
+    def for_task(cls, x: Inputs, y: Tensor, task_id: int) -> TaskData:
         """Wraps one task's samples, numbering them ``0..n-1`` in the given order."""
         y = torch.as_tensor(y, dtype=torch.long)
         if len(x) != len(y):
@@ -65,14 +77,16 @@ class TaskData:
         """Concatenates splits (for example all tasks seen so far), keeping each sample's task id and index."""
         if not parts:
             raise ValueError("cannot concatenate an empty list of task data")
-        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "y", "task", "index")))
+        xs = [p.x for p in parts]
+        x = FileInputs.cat(xs) if any(isinstance(v, FileInputs) for v in xs) else torch.cat(xs)  # type: ignore[arg-type]
+        return cls(x, *(torch.cat([getattr(p, f) for p in parts]) for f in ("y", "task", "index")))
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, idx: Tensor) -> TaskData:
         """The samples at positions ``idx`` (their task ids and indices are kept)."""
-        return TaskData(self.x[idx], self.y[idx], self.task[idx], self.index[idx])
+        return TaskData(take(self.x, idx), self.y[idx], self.task[idx], self.index[idx])
 
     def batch(self, idx: Tensor, transform: BatchTransform | None = None) -> Batch:
         """The samples at positions ``idx`` as a :class:`Batch`, inputs passed through ``transform``."""
@@ -177,6 +191,60 @@ def check_class_order(class_order: Sequence[int], classes: Sequence[int]) -> lis
     return order
 
 
+ClassOrder = list[int] | Literal["sorted", "random", "icarl"] | None
+"""How a class-incremental stream deals its classes to tasks: see :func:`resolve_class_order`."""
+
+ICARL_SEED = 1993
+"""The seed of iCaRL's class order (Rebuffi et al. 2017), which PyCIL, SLCA and many others reuse."""
+
+
+def resolve_class_order(class_order: ClassOrder, classes: Sequence[int], seed: int) -> list[int]:
+    """The order in which a stream deals ``classes`` to tasks.
+
+    - ``None``: ``classes`` as given (each stream's default, usually ``0..C-1``);
+    - ``"sorted"``: ascending label order;
+    - ``"random"``: a permutation drawn from the data ``seed`` (``torch.randperm`` with a generator seeded from
+      ``(seed, 1)``), so every data seed has its own order and the same seed always gives the same one;
+    - ``"icarl"``: the literature's order, iCaRL's and PyCIL's ``np.random.seed(1993); np.random.permutation(C)``
+      applied to the sorted classes. It is drawn from a private ``np.random.RandomState(1993)``, which gives the same
+      permutation without touching NumPy's global random state;
+    - a list: an explicit permutation of ``classes`` (checked by :func:`check_class_order`).
+
+    >>> resolve_class_order(None, [3, 1, 2], seed=0)
+    [3, 1, 2]
+    >>> resolve_class_order("sorted", [3, 1, 2], seed=0)
+    [1, 2, 3]
+    >>> resolve_class_order("icarl", range(10), seed=0)
+    [4, 2, 7, 6, 0, 3, 5, 8, 9, 1]
+    >>> resolve_class_order("random", range(5), seed=0) == resolve_class_order("random", range(5), seed=0)
+    True
+    >>> resolve_class_order("shuffled", range(3), seed=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: class_order must be a list of classes, 'sorted', 'random' or 'icarl' (or null), got 'shuffled'
+    """
+    if class_order is None:
+        return check_class_order(classes, classes)
+    if isinstance(class_order, str):
+        ordered = sorted(int(c) for c in classes)
+        if class_order == "sorted":
+            return ordered
+        if class_order == "random":
+            from clfw.seeding import derived_generator
+
+            perm = torch.randperm(len(ordered), generator=derived_generator(seed, 1)).tolist()
+        elif class_order == "icarl":
+            import numpy as np
+
+            perm = np.random.RandomState(ICARL_SEED).permutation(len(ordered)).tolist()
+        else:
+            raise ValueError(
+                f"class_order must be a list of classes, 'sorted', 'random' or 'icarl' (or null), got {class_order!r}"
+            )
+        return [ordered[i] for i in perm]
+    return check_class_order(class_order, classes)
+
+
 def classes_per_task_split(num_classes: int, n_tasks: int | None, classes_per_task: Sequence[int] | None) -> list[int]:
     """How many classes each task gets: ``n_tasks`` equal parts, or an explicit uneven ``classes_per_task``.
 
@@ -237,8 +305,8 @@ def stratified_split(y: Tensor, fraction: float, generator: torch.Generator) -> 
 
 
 def class_incremental_tasks(
-    train: tuple[Tensor, Tensor],
-    test: tuple[Tensor, Tensor],
+    train: tuple[Inputs, Tensor],
+    test: tuple[Inputs, Tensor],
     class_order: Sequence[int],
     classes_per_task: Sequence[int],
     val_fraction: float = 0.0,
@@ -260,7 +328,7 @@ def class_incremental_tasks(
         classes = tuple(int(c) for c in class_order[start : start + size])
         start += size
         keep_train, keep_test = (torch.isin(split[1], torch.tensor(classes)) for split in (train, test))
-        splits = (train[0][keep_train], train[1][keep_train]), (test[0][keep_test], test[1][keep_test])
+        splits = (take(train[0], keep_train), train[1][keep_train]), (take(test[0], keep_test), test[1][keep_test])
         tasks.append(_make_task(t, classes, *splits, val_fraction, g))
     return tasks
 
@@ -275,8 +343,15 @@ def domain_incremental_tasks(
 ) -> list[Task]:
     """One task per input transformation in ``warps`` (a permutation, a rotation ...), each over the same samples.
 
-    Every task holds all ``num_classes`` classes; ``warps[t]`` is applied once to the stored inputs of task ``t``.
+    Every task holds all ``num_classes`` classes; ``warps[t]`` is applied once to the stored inputs of task ``t``, so
+    they must be tensors in memory: lazy inputs (:class:`~clfw.lazy.FileInputs`, ``in_memory=False``) are refused.
     """
+    for name, x in (("train", train[0]), ("test", test[0])):
+        if isinstance(x, FileInputs):
+            raise ValueError(
+                f"domain_incremental_tasks warps input tensors, but the {name} inputs are {x!r} (decoded from disk, "
+                "in_memory=false): warped domains need the inputs in memory (in_memory=true)"
+            )
     g = torch.Generator().manual_seed(seed)
     classes = tuple(range(num_classes))
     return [
@@ -285,11 +360,81 @@ def domain_incremental_tasks(
     ]
 
 
+def domain_tasks(
+    domains: Sequence[tuple[tuple[Inputs, Tensor], tuple[Inputs, Tensor]]],
+    num_classes: int,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+) -> list[Task]:
+    """One task per domain, each with its own ``((train x, y), (test x, y))`` samples (DomainNet domains, CORe50
+    sessions ...); every task holds all ``num_classes`` classes (domain-IL)."""
+    g = torch.Generator().manual_seed(seed)
+    classes = tuple(range(num_classes))
+    return [_make_task(t, classes, train, test, val_fraction, g) for t, (train, test) in enumerate(domains)]
+
+
+def blurry_tasks(tasks: Sequence[Task], blurry_m: float, iblurry_n: float = 0.0, seed: int = 0) -> list[Task]:
+    """Blurs the boundaries of class-incremental tasks: Blurry-M, or i-Blurry-N-M (Koh et al., ICLR 2022).
+
+    As the reference code's stream files (``naver-ai/i-Blurry``, ``collections/``) are built:
+
+    1. In each task, ``iblurry_n`` % of its classes are *disjoint*: their samples stay in that task alone. The counts
+       are rounded on the running total, so every task gets its share and the stream ``round(N% of all classes)``;
+       which classes is drawn at random. The other classes are *blurry*, with the task as their home.
+    2. From every task, ``blurry_m`` % of its blurry classes' training samples (drawn at random) go into one pool; the
+       pool is shuffled and dealt back so that each task receives as many samples as it gave. A sample can land in its
+       own task again (with T tasks, about (T-1)/T of the pool changes task); task sizes are kept.
+
+    ``iblurry_n = 0`` is Blurry-M (Bang et al., CVPR 2021's Blurry10 is M = 10); ``blurry_m = 0`` or ``iblurry_n =
+    100`` keeps the tasks as they are. Test and validation splits are untouched: a task is tested on its home classes.
+    ``Task.classes`` becomes the task's home classes followed by the other classes present in its training split.
+    Every draw comes from a generator seeded by ``seed`` (the data seed).
+
+    Args:
+        tasks: Class-incremental tasks (disjoint classes), in order.
+        blurry_m: M, the percentage of each task's blurry-class training samples mixed across tasks, in [0, 100].
+        iblurry_n: N, the percentage of classes kept disjoint, in [0, 100].
+        seed: Seed of the draws.
+    """
+    for name, value in (("blurry_m", blurry_m), ("iblurry_n", iblurry_n)):
+        if not 0.0 <= value <= 100.0:
+            raise ValueError(f"{name} must be a percentage in [0, 100], got {value}")
+    if blurry_m == 0 or iblurry_n == 100:
+        return list(tasks)
+    from clfw.seeding import derived_generator
+
+    g = derived_generator(seed, 0xB1)
+    moved, kept, running, disjoint_total = [], [], 0, 0
+    for task in tasks:
+        running += len(task.classes)
+        n_disjoint = round(iblurry_n / 100 * running) - disjoint_total
+        disjoint_total += n_disjoint
+        pick = torch.randperm(len(task.classes), generator=g)[n_disjoint:].sort().values
+        blurry = torch.tensor([task.classes[i] for i in pick.tolist()], dtype=torch.long)
+        pos = torch.nonzero(torch.isin(task.train.y, blurry)).flatten()
+        pos = pos[torch.randperm(len(pos), generator=g)][: round(blurry_m / 100 * len(pos))]
+        stays = torch.ones(len(task.train), dtype=torch.bool)
+        stays[pos] = False
+        moved.append(task.train.subset(pos.sort().values))
+        kept.append(task.train.subset(torch.nonzero(stays).flatten()))
+    pool = TaskData.cat(moved)
+    pool = pool.subset(torch.randperm(len(pool), generator=g))
+    out, start = [], 0
+    for t, (task, stay, gave) in enumerate(zip(tasks, kept, moved, strict=True)):
+        merged = TaskData.cat([stay, pool.subset(torch.arange(start, start + len(gave)))])
+        start += len(gave)
+        n = len(merged)
+        train = TaskData(merged.x, merged.y, torch.full((n,), t, dtype=torch.long), torch.arange(n))
+        extra = sorted(set(merged.y.tolist()) - set(task.classes))
+        out.append(Task(t, (*task.classes, *extra), train, task.test, task.val))
+    return out
+
+
 def _make_task(
     t: int,
     classes: tuple[int, ...],
-    train: tuple[Tensor, Tensor],
-    test: tuple[Tensor, Tensor],
+    train: tuple[Inputs, Tensor],
+    test: tuple[Inputs, Tensor],
     val_fraction: float,
     g: torch.Generator,
 ) -> Task:
@@ -300,8 +445,8 @@ def _make_task(
         keep, held = stratified_split(y, val_fraction, g)
         if len(held) == 0 or len(keep) == 0:
             raise ValueError(f"val_fraction={val_fraction} leaves task {t} with an empty train or validation split")
-        val = TaskData.for_task(x[held], y[held], t)
-        x, y = x[keep], y[keep]
+        val = TaskData.for_task(take(x, held), y[held], t)
+        x, y = take(x, keep), y[keep]
     return Task(t, classes, TaskData.for_task(x, y, t), TaskData.for_task(*test, t), val)
 
 
@@ -339,25 +484,54 @@ class RandomCropFlip(nn.Module):
     Args:
         padding: Zero padding on each side before cropping back to the input's size.
         flip: Also flip horizontally with probability 1/2.
+        size: Side of the square crop; ``None`` crops back to the input's size. A smaller size (``padding=0``) is
+            torchvision's ``RandomCrop(size)`` of stored images larger than the model's input (e.g. 224 of 256).
     """
 
-    def __init__(self, padding: int = 4, flip: bool = True) -> None:
+    def __init__(self, padding: int = 4, flip: bool = True, size: int | None = None) -> None:
         super().__init__()
         if padding < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
-        self.padding, self.flip = padding, flip
+        if size is not None and size < 1:
+            raise ValueError(f"size must be >= 1 or None, got {size}")
+        self.padding, self.flip, self.size = padding, flip, size
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         p, dev = self.padding, x.device
+        th, tw = (h, w) if self.size is None else (self.size, self.size)
+        if th > h + 2 * p or tw > w + 2 * p:
+            raise ValueError(f"crop size {self.size} exceeds the padded input ({h + 2 * p} x {w + 2 * p})")
         padded = nn.functional.pad(x, (p, p, p, p))
-        rows = torch.randint(0, 2 * p + 1, (b, 1), device=dev) + torch.arange(h, device=dev)
-        cols = torch.randint(0, 2 * p + 1, (b, 1), device=dev) + torch.arange(w, device=dev)
+        rows = torch.randint(0, h + 2 * p - th + 1, (b, 1), device=dev) + torch.arange(th, device=dev)
+        cols = torch.randint(0, w + 2 * p - tw + 1, (b, 1), device=dev) + torch.arange(tw, device=dev)
         batch, channel = torch.arange(b, device=dev).view(b, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1)
-        out = padded[batch, channel, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+        out = padded[batch, channel, rows.view(b, 1, th, 1), cols.view(b, 1, 1, tw)]
         if self.flip:
             out = torch.where(torch.rand(b, 1, 1, 1, device=dev) < 0.5, out.flip(-1), out)
         return out
+
+
+class CenterCrop(nn.Module):
+    """Batch transform: the central ``size x size`` crop of images ``[B, C, H, W]`` (torchvision's ``CenterCrop``,
+    offsets rounded as there).
+
+    Args:
+        size: Output height and width (at most the input's).
+    """
+
+    def __init__(self, size: int = 224) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.size = size
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        if self.size > h or self.size > w:
+            raise ValueError(f"crop size {self.size} exceeds the input ({h} x {w})")
+        top, left = round((h - self.size) / 2), round((w - self.size) / 2)
+        return x[..., top : top + self.size, left : left + self.size]
 
 
 class Resize(nn.Module):

@@ -301,6 +301,7 @@ class AccuracyMatrix(ContinualCallback):
             "n_tasks": stream.n_tasks,
             "num_classes": stream.num_classes,
             "task_classes": [list(t.classes) for t in stream.tasks],
+            "class_order": getattr(trainer.datamodule, "class_order", None),
             "tasks_completed": len(self.rows),
             "initial_accuracy": self.initial,
             "accuracy_matrix": self.rows,

@@ -1,16 +1,23 @@
-"""Loaders over in-memory task data: a resumable, rank-sharded training loader and exact evaluation shards."""
+"""Loaders over task data: a resumable, rank-sharded training loader and exact evaluation shards.
+
+Data held in memory is gathered in the main process or in per-epoch workers. Data on disk (:class:`~clfw.lazy.
+FileInputs`, the lazy path) is decoded by worker processes kept across the epochs of a task (:class:`WorkerPool`);
+either way batch ``b`` of an epoch is the same bytes, transformed with the same random draws.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clfw.data import Batch, BatchTransform, TaskData
+from clfw.lazy import is_lazy
 from clfw.seeding import derived_generator
 
 
@@ -59,14 +66,23 @@ class _Batches(Dataset):
     """
 
     def __init__(
-        self, data: TaskData, batches: list[Tensor], transform: BatchTransform | None, key: tuple[int, ...], first: int
+        self,
+        data: TaskData,
+        batches: list[Tensor],
+        transform: BatchTransform | None,
+        key: tuple[int, ...],
+        first: int,
+        keep_raw: bool = False,
     ) -> None:
         self.data, self.batches, self.transform, self.key, self.first = data, batches, transform, key, first
+        self.keep_raw = keep_raw
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, i: int) -> Batch:
+    def __getitem__(self, i: int) -> Batch | tuple[Batch, Tensor]:
+        if self.keep_raw:
+            return _raw_batch(self.data, self.batches[i], self.transform, self.key, self.first + i)
         if self.transform is None:
             return self.data.batch(self.batches[i])
         with torch.random.fork_rng(devices=[]):
@@ -74,8 +90,91 @@ class _Batches(Dataset):
             return self.data.batch(self.batches[i], self.transform)
 
 
+def _raw_batch(
+    data: TaskData, positions: Tensor, transform: BatchTransform | None, key: tuple[int, ...], b: int
+) -> tuple[Batch, Tensor]:
+    """Batch ``b`` of an epoch (as :class:`_Batches` makes it) and its untransformed inputs, which the lazy path hands
+    to replay memories instead of decoding them again."""
+    raw = data.x[positions]
+    if transform is None:
+        x = raw.clone()  # the batch may be changed in place; the kept copy must not
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.set_state(derived_generator(*key, b).get_state())
+            x = transform(raw)
+    return Batch(x, data.y[positions], data.task[positions], data.index[positions]), raw
+
+
+class _Jobs(Sampler):
+    """The jobs of the current epoch, read in the main process: a persistent ``DataLoader`` asks its sampler for a new
+    iterator at every epoch, so the workers it keeps receive each epoch's batches without being restarted."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[list[int], tuple[int, ...], int]] = []
+
+    def __iter__(self) -> Iterator[tuple[list[int], tuple[int, ...], int]]:
+        return iter(self.jobs)
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+
+class _JobBatches(Dataset):
+    """In a worker: job ``(positions, key, b)`` -> batch ``b`` of an epoch and its raw inputs (:func:`_raw_batch`)."""
+
+    def __init__(self, data: TaskData, transform: BatchTransform | None) -> None:
+        self.data, self.transform = data, transform
+
+    def __getitem__(self, job: tuple[list[int], tuple[int, ...], int]) -> tuple[Batch, Tensor]:  # type: ignore[override]
+        positions, key, b = job
+        return _raw_batch(self.data, torch.tensor(positions, dtype=torch.long), self.transform, key, b)
+
+
+class WorkerPool:
+    """Worker processes that gather, decode and transform the batches of one training set, kept across the epochs
+    of a task (``persistent_workers``): the datamodule makes one per task for data on disk, so workers start once per
+    task, not once per epoch. Each epoch's :class:`TaskLoader` hands it its batches as jobs; what a job yields is
+    decided by the job alone (positions, augmentation key, batch number), so it equals the batch made in the main
+    process or in fresh workers.
+
+    Args:
+        data: The training set of the task (or of the tasks seen so far).
+        transform: Batch transform the workers apply (``None`` on an accelerator, where it runs on the device).
+        num_workers: Worker processes.
+        pin_memory: Put batches in page-locked memory for faster transfer to an accelerator.
+    """
+
+    def __init__(
+        self, data: TaskData, transform: BatchTransform | None, num_workers: int, pin_memory: bool = False
+    ) -> None:
+        if num_workers <= 0:
+            raise ValueError(f"a worker pool needs num_workers >= 1, got {num_workers}")
+        self.data, self._jobs = data, _Jobs()
+        self.loader = DataLoader(
+            _JobBatches(data, transform),
+            batch_size=None,
+            sampler=self._jobs,
+            num_workers=num_workers,
+            persistent_workers=True,
+            pin_memory=pin_memory,
+            generator=torch.Generator().manual_seed(0),  # never the global one, which dropout draws from
+        )
+
+    def serve(self, jobs: list[tuple[list[int], tuple[int, ...], int]]) -> Iterator[Any]:
+        """Iterates over the results of ``jobs``, in order (any earlier pass still running is abandoned)."""
+        self._jobs.jobs = jobs
+        return iter(self.loader)
+
+    def close(self) -> None:
+        """Stops the workers."""
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None:
+            iterator._shutdown_workers()
+            self.loader._iterator = None
+
+
 class TaskLoader:
-    """Training loader over in-memory data that can resume in the middle of an epoch.
+    """Training loader over task data (in memory or on disk) that can resume in the middle of an epoch.
 
     The epoch's sample order is given (the datamodule derives it from the seed and the epoch), this rank takes its
     shard, and batches are served in order. ``state_dict()`` records how many batches were served; Lightning stores
@@ -88,6 +187,11 @@ class TaskLoader:
     global generator that the model draws from (dropout), are the same with any ``num_workers`` and after a resume.
     Transforms should draw from torch's global CPU generator (NumPy's and Python's are not seeded per batch).
 
+    Data on disk (``data.x`` a :class:`~clfw.lazy.FileInputs`) is decoded where the batch is made: in the main
+    process, in per-epoch workers, or in a ``pool`` kept across a task's epochs. The loader then also keeps the
+    untransformed inputs of its last few batches (:meth:`raw_inputs`), so replay memories store the decoded sample
+    without reading the file again.
+
     Args:
         data: The samples to serve.
         order: Positions into ``data`` for this epoch, in serving order (all ranks pass the same).
@@ -98,7 +202,12 @@ class TaskLoader:
         world_size: Number of processes.
         drop_last: Drop a last incomplete batch.
         num_workers: Worker processes that gather and transform batches (0: in the main process).
+        pin_memory: Put batches in page-locked memory (for an accelerator).
+        pool: Persistent workers to make the batches (lazy data; ``num_workers`` is then the pool's).
     """
+
+    #: How many recent batches' untransformed inputs the lazy path keeps for :meth:`raw_inputs`.
+    RECENT = 8
 
     def __init__(
         self,
@@ -111,10 +220,14 @@ class TaskLoader:
         world_size: int = 1,
         drop_last: bool = False,
         num_workers: int = 0,
+        pin_memory: bool = False,
+        pool: WorkerPool | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.data, self.transform, self.epoch, self.num_workers = data, transform, epoch, num_workers
+        self.pin_memory, self.pool, self.lazy = pin_memory, pool, is_lazy(data.x)
+        self._recent: deque[tuple[Tensor, Tensor, Tensor]] = deque(maxlen=self.RECENT)
         mine = shard(order, rank, world_size, pad=True)
         n = len(mine) // batch_size if drop_last else -(-len(mine) // batch_size)
         self.batches = [mine[i * batch_size : (i + 1) * batch_size] for i in range(n)]
@@ -128,22 +241,43 @@ class TaskLoader:
     def __iter__(self) -> Iterator[Batch]:
         start, self._resume_from = self._resume_from, 0
         self._served = start
-        dataset = _Batches(self.data, self.batches[start:], self.transform, self._key, start)
-        if self.num_workers > 0:
-            # its own generator: the workers' base seed would otherwise be drawn from the global one (shifting dropout)
-            source: Any = DataLoader(
-                dataset,
-                batch_size=None,
-                shuffle=False,
-                num_workers=self.num_workers,
-                persistent_workers=False,
-                generator=derived_generator(*self._key, start, 1),
-            )
+        self._recent.clear()
+        if self.pool is not None:
+            jobs = [(b.tolist(), self._key, start + i) for i, b in enumerate(self.batches[start:])]
+            source: Any = self.pool.serve(jobs)
         else:
-            source = (dataset[i] for i in range(len(dataset)))
-        for batch in source:
+            dataset = _Batches(self.data, self.batches[start:], self.transform, self._key, start, keep_raw=self.lazy)
+            if self.num_workers > 0:
+                # its own generator: the workers' base seed would otherwise come from the global one (shifting dropout)
+                source = DataLoader(
+                    dataset,
+                    batch_size=None,
+                    shuffle=False,
+                    num_workers=self.num_workers,
+                    persistent_workers=False,
+                    pin_memory=self.pin_memory,
+                    generator=derived_generator(*self._key, start, 1),
+                )
+            else:
+                source = (dataset[i] for i in range(len(dataset)))
+                if self.pin_memory:
+                    source = (_pinned(item) for item in source)
+        for item in source:
             self._served += 1
-            yield batch
+            if self.lazy:
+                batch, raw = item
+                self._recent.append((batch.task, batch.index, raw))
+                yield batch
+            else:
+                yield item
+
+    def raw_inputs(self, task: Tensor, index: Tensor) -> Tensor | None:
+        """The untransformed inputs of a recently served batch of lazy data whose ``(task, index)`` pairs are exactly
+        ``task`` and ``index`` (CPU tensors), else ``None``."""
+        for t, i, raw in reversed(self._recent):
+            if len(i) == len(index) and torch.equal(i, index) and torch.equal(t, task):
+                return raw
+        return None
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "served": self._served}
@@ -156,10 +290,32 @@ class TaskLoader:
         self._resume_from = int(state["served"]) % max(len(self.batches), 1)
 
 
+def _pinned(item: Any) -> Any:
+    """A batch (or ``(batch, raw inputs)``) with its batch in page-locked memory."""
+    if isinstance(item, Batch):
+        return Batch(*(t.pin_memory() for t in item))
+    batch, raw = item
+    return _pinned(batch), raw
+
+
+class _EvalBatches(Dataset):
+    """Map-style dataset of evaluation batches, for workers that decode data on disk."""
+
+    def __init__(self, data: TaskData, chunks: list[Tensor], transform: BatchTransform | None) -> None:
+        self.data, self.chunks, self.transform = data, chunks, transform
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.data.batch(self.chunks[i], self.transform)
+
+
 class EvalLoader:
     """Evaluation loader: this rank's exact (unpadded) shard of ``data`` in fixed order, in batches.
 
-    Summing per-rank correct/total counts over ranks gives exactly the single-process counts.
+    Summing per-rank correct/total counts over ranks gives exactly the single-process counts. Data in memory is
+    gathered in the calling process; data on disk is decoded by ``num_workers`` worker processes when there are any.
     """
 
     def __init__(
@@ -169,13 +325,26 @@ class EvalLoader:
         transform: BatchTransform | None = None,
         rank: int = 0,
         world_size: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
     ) -> None:
         self.data, self.transform, self.batch_size = data, transform, batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
         self.positions = shard(torch.arange(len(data)), rank, world_size, pad=False)
 
     def __len__(self) -> int:
         return -(-len(self.positions) // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
+        if self.num_workers > 0 and is_lazy(self.data.x) and len(self) > 0:
+            chunks = list(self.positions.split(self.batch_size))
+            yield from DataLoader(
+                _EvalBatches(self.data, chunks, self.transform),
+                batch_size=None,
+                num_workers=min(self.num_workers, len(chunks)),
+                pin_memory=self.pin_memory,
+                generator=torch.Generator().manual_seed(0),  # never the global one, which dropout draws from
+            )
+            return
         for i in range(0, len(self.positions), self.batch_size):
             yield self.data.batch(self.positions[i : i + self.batch_size], self.transform)

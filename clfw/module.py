@@ -43,7 +43,7 @@ class TaskBoundaryCallback(pl.Callback):
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if isinstance(pl_module, ContinualModule) and not pl_module.task_ended and pl_module.task_batches_done():
-            pl_module._end_task(pl_module.current_task)
+            pl_module._end_task(pl_module.stream_task)
 
 
 class ContinualModule(pl.LightningModule):
@@ -111,12 +111,41 @@ class ContinualModule(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.reset_optimizer_per_task = reset_optimizer_per_task
         self.plugins = nn.ModuleList(plugins or [])
-        self.current_task = -1  # -1: before training
+        self.current_task = -1  # -1: before training (sets stream_task)
         self.task_ended = True
         self._stream: Stream | None = None
         self._pending_rng: dict[str, Any] | None = None
         self._pending_task_end = False
+        self._pending_observed: list[int] | None = None
         self.finite_guard = FiniteGuard()
+
+    # ------------------------------------------------------------------------------------------------ the task
+    @property
+    def current_task(self) -> int:
+        """The task being trained, as the strategy sees it: the stream's task (-1 before training). On a stream that
+        hides its boundaries (task-free) it is 0 from the first training step to the end, so the strategy cannot tell
+        the tasks apart; the core and the evaluation callbacks read :attr:`stream_task`, the true position."""
+        task = self.stream_task
+        return min(task, 0) if self._stream is not None and not self._stream.boundaries_visible else task
+
+    @current_task.setter
+    def current_task(self, task: int) -> None:
+        self.stream_task = task
+
+    def _observes_labels(self) -> bool:
+        """Whether the seen classes are the labels met in training batches (class-IL without visible boundaries)."""
+        stream = self.stream
+        return stream.scenario == "class" and not stream.boundaries_visible and self.training_data != "all"
+
+    def _observe_labels(self, y: Tensor) -> None:
+        """Adds the labels of a training batch, of every rank (one all-reduce of a ``num_classes`` flag vector, with no
+        host synchronisation), to the seen classes, before the batch's loss is computed."""
+        met = torch.zeros(self.stream.num_classes, dtype=torch.int32, device=self.observed_mask.device)
+        met[y.to(met.device)] = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(met, op=torch.distributed.ReduceOp.MAX)
+        self.observed_mask |= met.bool()
+        self.seen_mask.copy_(self.observed_mask)
 
     # --------------------------------------------------------------------------------------------- the model
     @staticmethod
@@ -187,13 +216,15 @@ class ContinualModule(pl.LightningModule):
         return self.trainer.datamodule  # type: ignore[return-value]
 
     def replay_inputs(self, raw: Tensor) -> Tensor:
-        """Stored raw inputs (e.g. drawn from a replay memory) passed through the datamodule's train transform."""
-        transform = self.datamodule.train_transform()
-        return transform(raw) if transform is not None else raw
+        """Stored raw inputs (e.g. drawn from a replay memory) passed through the datamodule's train transform (after
+        restoring a compact copy, :meth:`~clfw.ContinualDataModule.replay_inputs`)."""
+        return self.datamodule.replay_inputs(raw)
 
     def raw_inputs(self, batch: Batch) -> Tensor:
-        """The untransformed, compact inputs of a training batch (what replay memories store)."""
-        return self.datamodule.raw_train_inputs(batch.task, batch.index)
+        """The untransformed, compact inputs of a training batch (what replay memories store): the exact sample, or
+        the stream's compact copy of it if it opts into one (:meth:`~clfw.ContinualDataModule.memory_inputs`)."""
+        dm = self.datamodule
+        return dm.memory_inputs(dm.raw_train_inputs(batch.task, batch.index))
 
     # ------------------------------------------------------------------------------------------------ masking
     def class_mask(self, task_ids: Tensor) -> Tensor | None:
@@ -219,9 +250,11 @@ class ContinualModule(pl.LightningModule):
         return self.masked(self(x), task_ids)
 
     def _update_seen_mask(self) -> None:
-        stream, t = self.stream, self.current_task
+        stream, t = self.stream, self.stream_task
         if t < 0 or self.training_data == "all":
             mask = torch.ones(stream.num_classes, dtype=torch.bool)
+        elif self._observes_labels():  # task-free class-IL: the labels met in training batches so far
+            mask = self.observed_mask
         else:
             mask = stream.seen_class_mask(range(t + 1))
         self.seen_mask.copy_(mask.to(self.seen_mask.device))
@@ -277,6 +310,11 @@ class ContinualModule(pl.LightningModule):
                     f"{', '.join(blind)} needs task boundaries, but this stream hides them "
                     "(task_boundaries_visible=False): use a stream with visible boundaries or a boundary-free strategy"
                 )
+            if self.reset_optimizer_per_task:
+                raise ValueError(
+                    "reset_optimizer_per_task=True needs task boundaries, but this stream hides them "
+                    "(task_boundaries_visible=False): set it to false"
+                )
         if stream.scenario not in self.supported_scenarios:
             raise ValueError(
                 f"{type(self).__name__} does not support the {stream.scenario!r} scenario "
@@ -295,6 +333,11 @@ class ContinualModule(pl.LightningModule):
             self.head = nn.Linear(self._num_features(self.backbone), stream.num_classes)
         self.register_buffer("task_masks", stream.task_class_masks().clone(), persistent=False)
         self.register_buffer("seen_mask", torch.ones(stream.num_classes, dtype=torch.bool), persistent=False)
+        observed = torch.zeros(stream.num_classes, dtype=torch.bool)
+        if self._pending_observed is not None:  # a checkpoint loaded before the stream was attached
+            observed[torch.tensor(self._pending_observed, dtype=torch.long)] = True
+            self._pending_observed = None
+        self.register_buffer("observed_mask", observed, persistent=False)  # in checkpoint["clfw"], not state_dict
         was_training = self.training
         # the parameters' device: at setup Lightning may already report the target device before moving the weights
         device = next(iter(self.parameters()), torch.empty(0)).device
@@ -309,7 +352,7 @@ class ContinualModule(pl.LightningModule):
             self.train(was_training)
         if out.shape != (1, stream.num_classes):
             raise ValueError(f"the model gives outputs of shape {tuple(out.shape)}, expected (1, {stream.num_classes})")
-        if self.current_task >= 0:
+        if self.stream_task >= 0:
             self._update_seen_mask()
         for p in self.plugins:
             p.on_setup(self)
@@ -328,14 +371,14 @@ class ContinualModule(pl.LightningModule):
             self._pending_rng = None
         if self._pending_task_end:  # resumed from a checkpoint written after the task's last step, before its end
             self._pending_task_end = False
-            self._end_task(self.current_task)
+            self._end_task(self.stream_task)
         self._sync_task()  # a resume at an epoch boundary starts the next epoch without on_train_epoch_start
 
     @override
     def on_fit_end(self) -> None:
         if self._pending_task_end:
             raise CheckpointError(
-                f"the checkpoint was written after the last step of task {self.current_task} but before its task end, "
+                f"the checkpoint was written after the last step of task {self.stream_task} but before its task end, "
                 "and Lightning resumed past the end of the stream: the task end cannot be completed"
             )
 
@@ -346,16 +389,18 @@ class ContinualModule(pl.LightningModule):
     def _sync_task(self) -> None:
         """Starts the task of the current epoch if it is not the current one (the previous must have ended)."""
         task = self.datamodule.task_of_epoch(self.current_epoch)
-        if task != self.current_task:
+        if task != self.stream_task:
             if not self.task_ended:
                 raise RuntimeError(
-                    f"task {task} is starting at epoch {self.current_epoch}, but task {self.current_task} never ended"
+                    f"task {task} is starting at epoch {self.current_epoch}, but task {self.stream_task} never ended"
                 )
             self._start_task(task)
 
     @override
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         batch = Batch(*batch)
+        if self._observes_labels():
+            self._observe_labels(batch.y)
         for p in self.plugins:
             p.before_training_step(self, batch)
         outputs = self.training_loss(batch)
@@ -389,7 +434,7 @@ class ContinualModule(pl.LightningModule):
     @override
     def on_train_epoch_end(self) -> None:  # normally done already by TaskBoundaryCallback after the last batch
         if not self.task_ended and self.datamodule.is_last_epoch_of_task(self.current_epoch):
-            self._end_task(self.current_task)
+            self._end_task(self.stream_task)
 
     def task_batches_done(self) -> bool:
         """Whether every training batch of the current task has been processed (in training, with a Trainer)."""
@@ -419,7 +464,7 @@ class ContinualModule(pl.LightningModule):
     def _start_task(self, task: int) -> None:
         self.current_task, self.task_ended = task, False
         self._update_seen_mask()
-        if self.reset_optimizer_per_task and task > 0:
+        if self.reset_optimizer_per_task and task > 0 and self.stream.boundaries_visible:
             self.trainer.strategy.setup_optimizers(self.trainer)
         if self.stream.boundaries_visible:
             self.on_task_start(task)
@@ -444,7 +489,8 @@ class ContinualModule(pl.LightningModule):
         checkpoint["clfw"] = {
             "format": CHECKPOINT_FORMAT,
             "version": _clfw_version(),
-            "task": self.current_task,
+            "task": self.stream_task,
+            "observed_classes": [] if self._stream is None else torch.nonzero(self.observed_mask).flatten().tolist(),
             "task_ended": self.task_ended,
             "task_end_pending": not self.task_ended and self.task_batches_done(),
             "rng": capture_rng_states(),
@@ -479,8 +525,13 @@ class ContinualModule(pl.LightningModule):
         self._pending_rng = state["rng"]
         if self._trainer is not None:
             restore_csv_history(self.trainer, state["csv_history"])
+        observed = state.get("observed_classes", [])  # the seen classes of a task-free class-IL stream
         if self._stream is not None:
+            self.observed_mask.zero_()
+            self.observed_mask[torch.tensor(observed, dtype=torch.long)] = True
             self._update_seen_mask()
+        else:
+            self._pending_observed = observed
 
 
 def _close_finished_epoch(checkpoint: dict[str, Any]) -> None:

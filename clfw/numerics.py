@@ -94,7 +94,7 @@ class FiniteGuard:
         if not bool(torch.isfinite(_norm(params, module.device, torch.float64))):
             names = nonfinite_tensors(dict(module.named_parameters()))
             raise NonFiniteError(
-                f"non-finite parameters before {where} (task {module.current_task}, global step {step}): "
+                f"non-finite parameters before {where} (task {module.stream_task}, global step {step}): "
                 f"{', '.join(names[:5])}"
             )
 
@@ -112,7 +112,7 @@ class FiniteGuard:
         else:
             culprit = "the gradient is not finite"
         return (
-            f"non-finite training at task {module.current_task}, global step {step}: {culprit} ({shown}; "
+            f"non-finite training at task {module.stream_task}, global step {step}: {culprit} ({shown}; "
             f"gradient norm {float(norm):.4g}); the run is stopped so that no metric of a broken model is reported"
         )
 

@@ -63,6 +63,8 @@ MAY_CHANGE_ON_RESUME = (
     "trainer.callbacks",
     "trainer.callbacks.*",  # replaced by the callbacks that affect results (see run_config)
     "data.init_args.num_workers",
+    "data.init_args.pin_memory",
+    "data.init_args.in_memory",  # the lazy path serves the same batches (tests/test_lazy.py)
     "data.init_args.eval_batch_size",
     "data.init_args.batch_size",  # replaced by the global batch
     "data.init_args.root",
