@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -450,6 +450,22 @@ def _make_task(
     return Task(t, classes, TaskData.for_task(x, y, t), TaskData.for_task(*test, t), val)
 
 
+def draws_random(transform: BatchTransform | None) -> bool:
+    """Whether a batch transform may draw from torch's global generator. ``False`` for ``None``, for transforms whose
+    class says ``random_draws = False`` (:class:`Normalize`, :class:`CenterCrop`, :class:`Resize`) and for a plain
+    ``nn.Sequential`` of such; any other callable is assumed to draw. The training loader seeds the generator per batch
+    only around transforms that draw.
+
+    >>> draws_random(nn.Sequential(CenterCrop(2), Normalize())), draws_random(nn.Sequential(RandomCropFlip(), Resize()))
+    (False, True)
+    """
+    if transform is None:
+        return False
+    if type(transform) is nn.Sequential:
+        return any(draws_random(t) for t in transform)
+    return bool(getattr(transform, "random_draws", True))
+
+
 class Normalize(nn.Module):
     """Batch transform: scales stored inputs to ``[0, 1]`` (dividing by ``scale``) and normalises per channel.
 
@@ -458,6 +474,8 @@ class Normalize(nn.Module):
         std: Per-channel standard deviation (after scaling).
         scale: Divisor applied first (255 for ``uint8`` images).
     """
+
+    random_draws: ClassVar[bool] = False  # see draws_random
 
     def __init__(self, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,), scale: float = 255.0) -> None:
         super().__init__()
@@ -520,6 +538,8 @@ class CenterCrop(nn.Module):
         size: Output height and width (at most the input's).
     """
 
+    random_draws: ClassVar[bool] = False
+
     def __init__(self, size: int = 224) -> None:
         super().__init__()
         if size < 1:
@@ -541,6 +561,8 @@ class Resize(nn.Module):
     Args:
         size: Output height and width.
     """
+
+    random_draws: ClassVar[bool] = False
 
     def __init__(self, size: int = 224) -> None:
         super().__init__()

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from clfw.data import Batch, BatchTransform, TaskData
+from clfw.data import Batch, BatchTransform, TaskData, draws_random
 from clfw.lazy import is_lazy
 from clfw.seeding import derived_generator
 
@@ -63,6 +63,7 @@ class _Batches(Dataset):
     Item ``i`` is batch ``first + i`` of the epoch. Its transform runs with the global CPU generator set to a state
     derived from ``(key, first + i)`` and restored afterwards, so its random draws (crops, flips) depend on the batch
     alone: not on the process that transforms it, on what that process drew before, or on where a resume started.
+    A transform that draws nothing (:func:`~clfw.data.draws_random`) runs without touching the generator.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class _Batches(Dataset):
     ) -> None:
         self.data, self.batches, self.transform, self.key, self.first = data, batches, transform, key, first
         self.keep_raw = keep_raw
+        self.seeded = draws_random(transform)  # else the generator's state would be set and restored for nothing
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -83,8 +85,8 @@ class _Batches(Dataset):
     def __getitem__(self, i: int) -> Batch | tuple[Batch, Tensor]:
         if self.keep_raw:
             return _raw_batch(self.data, self.batches[i], self.transform, self.key, self.first + i)
-        if self.transform is None:
-            return self.data.batch(self.batches[i])
+        if not self.seeded:
+            return self.data.batch(self.batches[i], self.transform)
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.set_state(derived_generator(*self.key, self.first + i).get_state())
             return self.data.batch(self.batches[i], self.transform)

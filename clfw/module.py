@@ -30,6 +30,7 @@ from clfw.numerics import FiniteGuard
 from clfw.plugins import Plugin, needs_task_boundaries
 from clfw.runs import csv_history, restore_csv_history
 from clfw.seeding import capture_rng_states, restore_rng_states
+from clfw.train_log import TrainLog
 
 
 class TaskBoundaryCallback(pl.Callback):
@@ -81,6 +82,11 @@ class ContinualModule(pl.LightningModule):
         lr_scheduler: Optional callable that makes a learning-rate scheduler (stepped each epoch) from the optimizer.
         reset_optimizer_per_task: Re-create the optimizer and scheduler at the start of every task after the first.
         plugins: Behaviours added to the strategy, called after its own hooks, in order.
+        log_every_step: Log the ``train/*`` series (the total loss, the strategy's terms, the plugins' terms) at
+            every optimizer step, each step's value (costs a host synchronisation a step). By default they are
+            logged every ``trainer.log_every_n_steps`` steps, when Lightning logs step metrics, as the mean over the
+            steps since the last log, summed on the device meanwhile (:class:`~clfw.train_log.TrainLog`).
+            ``trainer.callback_metrics`` (what monitors read) holds each step's values either way.
     """
 
     supported_scenarios: ClassVar[tuple[str, ...]] = SCENARIOS
@@ -95,6 +101,7 @@ class ContinualModule(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         reset_optimizer_per_task: bool = False,
         plugins: list[Plugin] | None = None,
+        log_every_step: bool = False,
     ) -> None:
         super().__init__()
         if num_classes is not None and num_classes <= 0:
@@ -111,6 +118,9 @@ class ContinualModule(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.reset_optimizer_per_task = reset_optimizer_per_task
         self.plugins = nn.ModuleList(plugins or [])
+        self.log_every_step = log_every_step
+        self._train_log = TrainLog()
+        self._pending_train_log: dict[str, Any] | None = None
         self.current_task = -1  # -1: before training (sets stream_task)
         self.task_ended = True
         self._stream: Stream | None = None
@@ -366,6 +376,10 @@ class ContinualModule(pl.LightningModule):
 
     @override
     def on_train_start(self) -> None:
+        self._train_log = TrainLog()  # a resume continues the interval its checkpoint was written in
+        if self._pending_train_log is not None:
+            self._train_log.load_state_dict(self._pending_train_log, self.device)
+            self._pending_train_log = None
         if self._pending_rng is not None:  # resumed: continue every random stream where the checkpoint left it
             restore_rng_states(self._pending_rng)
             self._pending_rng = None
@@ -404,25 +418,53 @@ class ContinualModule(pl.LightningModule):
         for p in self.plugins:
             p.before_training_step(self, batch)
         outputs = self.training_loss(batch)
-        if outputs is None:
+        if outputs is None:  # no optimizer step, but Lightning's logging step still comes (earlier steps' terms)
+            if self._trainer is not None and self._trainer.training:
+                self._log_train_terms()
             return None
         if isinstance(outputs, Tensor):
             outputs = {"loss": outputs}
         loss = outputs["loss"]
-        n = len(batch.y)
         terms = {"loss": loss}
         for name, value in outputs.items():
             if name not in ("loss", "logits") and isinstance(value, Tensor) and value.ndim == 0:
-                self.log(f"train/{name}", value, batch_size=n)
                 terms[name] = value
         for p in self.plugins:
             for name, term in p.loss_terms(self, batch, outputs).items():
-                self.log(f"train/{name}", term, batch_size=n)
                 terms[name] = term
                 loss = loss + term
         self.finite_guard.record(loss, terms)
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        if self._trainer is not None and self._trainer.training:
+            for name, value in terms.items():
+                if name != "loss":  # the strategy's own loss: train/loss is the total
+                    self.log_train_term(name, value)
+            self.log_train_term("loss", loss)
+            self._log_train_terms()
         return loss
+
+    def log_train_term(self, name: str, value: Tensor) -> None:
+        """Adds a scalar to the ``train/<name>`` series during a training step (ignored outside one).
+
+        The base class adds the loss and its terms itself; call this for other per-step values (Refresh's unlearning
+        loss). It costs no host synchronisation: the value goes to ``trainer.callback_metrics`` as it is and into the
+        sums of the logging interval (see ``log_every_step``).
+        """
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return
+        self._train_log.add(name, value)
+        trainer._logger_connector._callback_metrics[f"train/{name}"] = value.detach()
+
+    def _log_train_terms(self) -> None:
+        """Logs the ``train/*`` series if this batch ends a logging interval (Lightning's condition for logging step
+        metrics: not a batch whose gradients are accumulated, and the ``log_every_n_steps``-th step), or every optimizer
+        step with ``log_every_step``."""
+        trainer = self.trainer
+        accumulates = trainer.accumulate_grad_batches > 1 and trainer.fit_loop._should_accumulate()
+        if accumulates and self.automatic_optimization:
+            return
+        if self.log_every_step or trainer._logger_connector.should_update_logs or trainer.fast_dev_run:
+            self._train_log.flush(trainer)
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -496,6 +538,7 @@ class ContinualModule(pl.LightningModule):
             "rng": capture_rng_states(),
             "fingerprint": self.fingerprint(),
             "csv_history": csv_history(self.trainer) if self._trainer is not None else {},
+            "train_log": self._train_log.state_dict(),
         }
 
     def fingerprint(self) -> dict[str, Any] | None:
@@ -523,6 +566,7 @@ class ContinualModule(pl.LightningModule):
         self.current_task, self.task_ended = state["task"], state["task_ended"]
         self._pending_task_end = state["task_end_pending"]
         self._pending_rng = state["rng"]
+        self._pending_train_log = state.get("train_log")  # absent from older checkpoints: a new interval
         if self._trainer is not None:
             restore_csv_history(self.trainer, state["csv_history"])
         observed = state.get("observed_classes", [])  # the seen classes of a task-free class-IL stream

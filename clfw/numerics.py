@@ -56,21 +56,25 @@ class FiniteGuard:
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         device = grads[0].device if grads else module.device
         defer = self.defer if self.defer is not None else device.type != "cpu"
-        norm = _norm(grads, device, torch.float64 if defer else None)
-        if not defer and not bool(torch.isfinite(norm)):  # an overflow of float32 is not a non-finite gradient
-            norm = _norm(grads, device, torch.float64)
-        loss_ok = (
-            self.loss_ok.to(device) if self.loss_ok is not None else torch.ones((), dtype=torch.bool, device=device)
-        )
-        self.loss_ok = None
-        local = (~torch.isfinite(norm) | ~loss_ok).to(torch.uint8)
-        bad = local.clone()
-        if world()[1] > 1:  # a rank-local NaN loss with finite averaged gradients: every rank must decide the same
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        if not defer:
-            if bad.item():
-                raise NonFiniteError(self._message(module, step, norm, self.terms, elsewhere=not local.item()))
+        loss_ok, self.loss_ok = self.loss_ok, None
+        if not defer:  # the verdict in Python numbers: a few tensor operations a step, not a dozen
+            norm = _norm(grads, device, None)
+            if not math.isfinite(norm.item()):  # an overflow of float32 is not a non-finite gradient
+                norm = _norm(grads, device, torch.float64)
+            local = not math.isfinite(norm.item()) or (loss_ok is not None and not bool(loss_ok))
+            bad = local
+            if world()[1] > 1:  # a rank-local NaN loss with finite averaged gradients: every rank must decide the same
+                flag = torch.tensor(int(local), dtype=torch.uint8, device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                bad = bool(flag.item())
+            if bad:
+                raise NonFiniteError(self._message(module, step, norm, self.terms, elsewhere=not local))
             return
+        norm = _norm(grads, device, torch.float64)
+        loss_ok = loss_ok.to(device) if loss_ok is not None else torch.ones((), dtype=torch.bool, device=device)
+        bad = (~torch.isfinite(norm) | ~loss_ok).to(torch.uint8)
+        if world()[1] > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         bad = bad.bool()
         if self.flag is None:
             self.flag = torch.zeros((), dtype=torch.bool, device=device)

@@ -60,6 +60,7 @@ MAY_CHANGE_ON_RESUME = (
     "trainer.strategy.*",
     "trainer.profiler",
     "trainer.log_every_n_steps",
+    "model.init_args.log_every_step",
     "trainer.callbacks",
     "trainer.callbacks.*",  # replaced by the callbacks that affect results (see run_config)
     "data.init_args.num_workers",

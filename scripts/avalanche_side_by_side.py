@@ -40,19 +40,16 @@ import io
 import statistics
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from clfw import AccuracyMatrix, ContinualModule
-from clfw.backbones import MLP
-from clfw.benchmarks import AvalancheStream
-from clfw.benchmarks.mnist import MNIST_MEAN, MNIST_STD, load_mnist
-from clfw.evaluation import format_matrix
-from clfw.metrics import summarize
-from clfw.strategies import ER, Naive
+if TYPE_CHECKING:
+    from clfw import ContinualModule
+
+# clfw (and Lightning) are imported where they are used, so that scripts/bench.py can import the Avalanche pieces
+# (digits_benchmark) into an interpreter that never loads clfw: its Avalanche runs' peak memory is Avalanche's own.
 
 N_EXPERIENCES, BATCH, MEMORY, LR = 5, 32, 500, 1e-3
 
@@ -60,16 +57,36 @@ N_EXPERIENCES, BATCH, MEMORY, LR = 5, 32, 500, 1e-3
 class NormalizeDigit:
     """Per-sample transform of a ``uint8 [1, 28, 28]`` digit: scaled to ``[0, 1]``, then MNIST's mean and std."""
 
+    def __init__(self) -> None:
+        from clfw.benchmarks.mnist import MNIST_MEAN, MNIST_STD
+
+        self.mean, self.std = MNIST_MEAN[0], MNIST_STD[0]
+
     def __call__(self, x: Tensor) -> Tensor:
-        return (x.float() / 255 - MNIST_MEAN[0]) / MNIST_STD[0]
+        return (x.float() / 255 - self.mean) / self.std
 
 
-def digits_benchmark() -> Any:
-    """Avalanche's class-incremental benchmark over clfw's offline digits."""
+Split = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def digits_benchmark(data: Split | None = None, per_sample_transform: bool = True) -> Any:
+    """Avalanche's class-incremental benchmark over clfw's offline digits.
+
+    Args:
+        data: ``((train_x, train_y), (test_x, test_y))`` to use instead of loading the offline digits (the same
+            tensors, e.g. already normalised).
+        per_sample_transform: Normalise each ``uint8`` digit with :class:`NormalizeDigit` when it is served (training
+            and evaluation); ``False`` serves the tensors as they are.
+    """
     from avalanche.benchmarks import nc_benchmark
     from torch.utils.data import TensorDataset
 
-    (train_x, train_y), (test_x, test_y) = load_mnist("offline", "data", False, seed=0)
+    if data is None:
+        from clfw.benchmarks.mnist import load_mnist
+
+        data = load_mnist("offline", "data", False, seed=0)
+    (train_x, train_y), (test_x, test_y) = data
+    transform = NormalizeDigit() if per_sample_transform else None
     return nc_benchmark(
         TensorDataset(train_x, train_y),
         TensorDataset(test_x, test_y),
@@ -77,12 +94,15 @@ def digits_benchmark() -> Any:
         task_labels=False,
         shuffle=False,
         fixed_class_order=list(range(10)),
-        train_transform=NormalizeDigit(),
-        eval_transform=NormalizeDigit(),
+        train_transform=transform,
+        eval_transform=transform,
     )
 
 
 def make_module(strategy: str, seed: int) -> ContinualModule:
+    from clfw.backbones import MLP
+    from clfw.strategies import ER, Naive
+
     torch.manual_seed(seed)
     kwargs: dict[str, Any] = dict(
         backbone=MLP(784, [400, 400]), num_classes=10, optimizer=lambda params: torch.optim.Adam(params, lr=LR)
@@ -93,6 +113,11 @@ def make_module(strategy: str, seed: int) -> ContinualModule:
 
 
 def run_clfw(bm: Any, module: ContinualModule, seed: int, epochs: int) -> list[list[float]]:
+    import pytorch_lightning as pl
+
+    from clfw import AccuracyMatrix
+    from clfw.benchmarks import AvalancheStream
+
     pl.seed_everything(seed, verbose=False)
     dm = AvalancheStream(benchmark=lambda: bm, batch_size=BATCH, epochs_per_task=epochs, seed=seed)
     for task, exp in zip(dm.stream.tasks, bm.train_stream, strict=True):  # the same data on both sides
@@ -165,6 +190,9 @@ def run_avalanche(bm: Any, network: nn.Module, strategy: str, seed: int, epochs:
 
 
 def main() -> None:
+    from clfw.evaluation import format_matrix
+    from clfw.metrics import summarize
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=2)

@@ -141,8 +141,7 @@ class Refresh(Plugin):
                     update.div_(1 + self.gamma * fisher)
             torch._foreach_add_(params, updates, alpha=self.delta)
         self.steps += 1
-        if module._trainer is not None and module.trainer.training:
-            module.log("train/refresh_unlearn_loss", loss, batch_size=len(batch.y))
+        module.log_train_term("refresh_unlearn_loss", loss)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         for key, value in state_dict.items():  # the Fisher buffers are made at the first task end: make room
