@@ -486,8 +486,8 @@ class Normalize(nn.Module):
         self.scale = scale
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.float() / self.scale
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        x = x.float() / self.scale  # a new tensor (even for float input): the in-place steps below are safe
+        return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
 
 
 class RandomCropFlip(nn.Module):

@@ -111,6 +111,7 @@ class ContinualDataModule(pl.LightningDataModule):
         self._stream: Stream | None = None
         self._device_transform: BatchTransform | None = None
         self._train_loader: TaskLoader | None = None  # the current epoch's (lazy data: recent raw inputs)
+        self._replay_transform: tuple[BatchTransform | None] | None = None  # replay_inputs's, built once per epoch
         self._pool: tuple[tuple, WorkerPool] | None = None  # lazy data: the task's persistent workers, by key
 
     # ----------------------------------------------------------------------------------------------- to implement
@@ -190,7 +191,10 @@ class ContinualDataModule(pl.LightningDataModule):
             offsets = self.train_offsets()
             task_cpu = torch.searchsorted(offsets, index_cpu, right=True) - 1
             index_cpu = index_cpu - offsets[task_cpu]
-        first = tasks[int(task_cpu[0])].train.x
+        t0 = int(task_cpu[0])
+        first = tasks[t0].train.x
+        if bool((task_cpu == t0).all()):  # the usual batch, from one task: one gather
+            return first[index_cpu].to(task.device)
         out = torch.empty((len(task_cpu), *first.shape[1:]), dtype=first.dtype)
         for t in torch.unique(task_cpu).tolist():
             sel = task_cpu == t
@@ -205,7 +209,9 @@ class ContinualDataModule(pl.LightningDataModule):
 
     def replay_inputs(self, stored: Tensor) -> Tensor:
         """Model inputs from what a replay memory stored: :meth:`train_transform` applied to it."""
-        transform = self.train_transform()
+        if self._replay_transform is None:  # built once per epoch (train_dataloader resets it), not per replayed batch
+            self._replay_transform = (self.train_transform(),)
+        transform = self._replay_transform[0]
         return transform(stored) if transform is not None else stored
 
     def train_offsets(self) -> Tensor:
@@ -276,7 +282,7 @@ class ContinualDataModule(pl.LightningDataModule):
             order = perm.tensor_split(self.n_tasks)[epoch % self.n_tasks]
         rank, world = self._rank_world()
         transform = self.train_transform()
-        self._device_transform = None
+        self._device_transform, self._replay_transform = None, None
         if self._transform_on_device():  # built once per epoch, moved to the device, applied in on_after_batch_transfer
             if isinstance(transform, torch.nn.Module):
                 transform = transform.to(self.trainer.strategy.root_device)

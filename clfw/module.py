@@ -434,11 +434,9 @@ class ContinualModule(pl.LightningModule):
                 terms[name] = term
                 loss = loss + term
         self.finite_guard.record(loss, terms)
-        if self._trainer is not None and self._trainer.training:
-            for name, value in terms.items():
-                if name != "loss":  # the strategy's own loss: train/loss is the total
-                    self.log_train_term(name, value)
-            self.log_train_term("loss", loss)
+        trainer = self._trainer
+        if trainer is not None and trainer.training:
+            self._add_train_terms(trainer, {**terms, "loss": loss})  # train/loss: the total, not the strategy's own
             self._log_train_terms()
         return loss
 
@@ -450,10 +448,15 @@ class ContinualModule(pl.LightningModule):
         sums of the logging interval (see ``log_every_step``).
         """
         trainer = self._trainer
-        if trainer is None or not trainer.training:
-            return
-        self._train_log.add(name, value)
-        trainer._logger_connector._callback_metrics[f"train/{name}"] = value.detach()
+        if trainer is not None and trainer.training:
+            self._add_train_terms(trainer, {name: value})
+
+    def _add_train_terms(self, trainer: pl.Trainer, terms: dict[str, Tensor]) -> None:
+        callback_metrics = trainer._logger_connector._callback_metrics  # what self.log would give callbacks (monitors)
+        for name, value in terms.items():
+            value = value.detach()
+            self._train_log.add(name, value)
+            callback_metrics[f"train/{name}"] = value
 
     def _log_train_terms(self) -> None:
         """Logs the ``train/*`` series if this batch ends a logging interval (Lightning's condition for logging step
@@ -468,7 +471,7 @@ class ContinualModule(pl.LightningModule):
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.finite_guard.check_step(self, self.trainer.global_step)  # gradients final and DDP-averaged here
+        self.finite_guard.check_step(self, self.trainer.global_step, optimizer)  # final, DDP-averaged gradients
         self.before_optimizer_step(optimizer)
         for p in self.plugins:
             p.before_optimizer_step(self, optimizer)

@@ -51,9 +51,13 @@ class FiniteGuard:
         self.terms = {name: t.detach() for name, t in terms.items()}
         self.terms["total"] = loss.detach()
 
-    def check_step(self, module: ContinualModule, step: int) -> None:
-        """Called with the final gradients, before the optimizer step."""
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
+    def check_step(self, module: ContinualModule, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Called with the final gradients, before the optimizer step: those of the parameters ``optimizer`` updates
+        (its parameter list is read without walking the module tree), or of all of ``module``'s without it."""
+        if optimizer is not None:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        else:
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
         device = grads[0].device if grads else module.device
         defer = self.defer if self.defer is not None else device.type != "cpu"
         loss_ok, self.loss_ok = self.loss_ok, None

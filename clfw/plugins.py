@@ -82,6 +82,52 @@ def flat_parameters(module: ContinualModule) -> Tensor:
     return torch.cat([p.flatten() for p in module.parameters() if p.requires_grad])
 
 
+def trainable_parameters(module: ContinualModule) -> list[Tensor]:
+    """The parameters that require gradients, in the order of :func:`flat_parameters`."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def split_like(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
+    """Views of a flat vector (in :func:`flat_parameters` order) shaped as ``params``; no copy."""
+    if flat.numel() != sum(p.numel() for p in params):
+        total = sum(p.numel() for p in params)
+        raise ValueError(f"a flat vector of {flat.numel()} values does not match {total} trainable parameter values")
+    return [part.view_as(p) for part, p in zip(flat.split([p.numel() for p in params]), params, strict=True)]
+
+
+def weighted_squared_distance(params: list[Tensor], weights: list[Tensor], anchors: list[Tensor]) -> Tensor:
+    """``sum_i w_i (theta_i - a_i)^2`` over the tensors of ``params``, differentiable in ``params``.
+
+    The quadratic penalties' core (EWC, SI, MAS). Its gradient ``2 w (theta - a)`` is kept from the forward pass, so a
+    step costs four passes over the parameters with no flattened copy of them; the autograd graph of ``sub``, ``pow``,
+    ``mul`` and ``sum`` over a concatenated vector cost about 6x more (issue 14, ``scripts/bench.py``).
+
+    >>> p = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> d = weighted_squared_distance([p], [torch.tensor([1.0, 3.0])], [torch.tensor([0.0, 0.0])])
+    >>> d.backward(); d.item(), p.grad.tolist()
+    (13.0, [2.0, 12.0])
+    """
+    return _WeightedSquaredDistance.apply(len(params), *weights, *anchors, *params)
+
+
+class _WeightedSquaredDistance(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, n: int, *tensors: Tensor) -> Tensor:  # type: ignore[override]
+        weights, anchors, params = tensors[:n], tensors[n : 2 * n], tensors[2 * n :]
+        diff = torch._foreach_sub(params, anchors)
+        weighted = torch._foreach_mul(diff, weights)
+        ctx.n = n
+        ctx.save_for_backward(*weighted)
+        dots = [w.flatten().dot(d.flatten()) for w, d in zip(weighted, diff, strict=True)]
+        return torch.stack(dots).sum() if dots else torch.zeros(())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        grads = torch._foreach_mul(list(ctx.saved_tensors), 2 * grad)
+        return (None,) * (1 + 2 * ctx.n) + tuple(grads)
+
+
 class QuadraticPenalty(Plugin):
     """Base of the importance-weighted quadratic regularizers (SI, MAS ...): once a task has ended, the loss gets
     ``weight * sum_i importance_i (theta_i - anchor_i)^2`` over the trainable parameters, flattened in
@@ -105,8 +151,9 @@ class QuadraticPenalty(Plugin):
 
     def penalty(self, module: ContinualModule) -> Tensor:
         """``weight * sum_i importance_i (theta_i - anchor_i)^2``."""
-        theta = self.flat_parameters(module)
-        return self.weight * (self.importance * (theta - self.anchor).pow(2)).sum()
+        params = trainable_parameters(module)
+        importance, anchor = split_like(self.importance, params), split_like(self.anchor, params)
+        return self.weight * weighted_squared_distance(params, importance, anchor)
 
     @override
     def loss_terms(self, module: ContinualModule, batch: Batch, outputs: dict[str, Tensor]) -> dict[str, Tensor]:

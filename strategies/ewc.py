@@ -10,7 +10,7 @@ from typing_extensions import override
 
 from clfw import Batch, ContinualModule, Plugin
 from clfw.fisher import diagonal_fisher
-from clfw.plugins import flat_parameters
+from clfw.plugins import flat_parameters, split_like, trainable_parameters, weighted_squared_distance
 
 
 class EWC(Plugin):
@@ -47,6 +47,7 @@ class EWC(Plugin):
             raise ValueError(f"fisher must be 'empirical', 'sampled' or 'weighted', got {fisher!r}")
         self.ewc_lambda, self.online, self.gamma, self.fisher_mode = ewc_lambda, online, gamma, fisher
         self.terms = 0  # number of stored (Fisher, anchor) pairs
+        self._merged: tuple[int, Tensor, Tensor, Tensor] | None = None  # (terms, S, m, K) of penalty; not saved
 
     @override
     def on_task_end(self, module: ContinualModule, task: int) -> None:
@@ -57,18 +58,36 @@ class EWC(Plugin):
         if self.online and self.terms:
             self.fisher_0.mul_(self.gamma).add_(flat)
             self.anchor_0.copy_(anchor)
+            self._merged = None
         else:
             self.register_buffer(f"fisher_{self.terms}", flat)
             self.register_buffer(f"anchor_{self.terms}", anchor)
             self.terms += 1
 
     def penalty(self, module: ContinualModule) -> Tensor:
-        """``(lambda / 2) sum_t F_t . (theta - theta*_t)^2`` over the stored pairs."""
-        theta = flat_parameters(module)
-        total = theta.new_zeros(())
-        for k in range(self.terms):
-            total = total + (getattr(self, f"fisher_{k}") * (theta - getattr(self, f"anchor_{k}")).pow(2)).sum()
-        return 0.5 * self.ewc_lambda * total
+        """``(lambda / 2) sum_t F_t . (theta - theta*_t)^2`` over the stored pairs.
+
+        Computed as ``(lambda / 2) (S . (theta - m)^2 + K)`` with ``S = sum_t F_t``, the Fisher-weighted anchor
+        ``m = sum_t F_t theta*_t / S`` and the constant ``K = sum_t F_t . (theta*_t - m)^2`` (the cross term vanishes
+        by the choice of ``m``): the same value and gradient, one pass per step however many tasks are stored. The
+        merge is done in float64 when a pair is added or loaded.
+        """
+        params = trainable_parameters(module)
+        if self._merged is None or self._merged[0] != self.terms or self._merged[1].device != params[0].device:
+            self._merged = (self.terms, *self._merge())
+        _, weight, anchor, constant = self._merged
+        distance = weighted_squared_distance(params, split_like(weight, params), split_like(anchor, params))
+        return 0.5 * self.ewc_lambda * (distance + constant)
+
+    def _merge(self) -> tuple[Tensor, Tensor, Tensor]:
+        pairs = [(getattr(self, f"fisher_{k}"), getattr(self, f"anchor_{k}")) for k in range(self.terms)]
+        like = pairs[0][0]  # in float64 on the CPU (which every device can hand over), then back
+        f64 = [(f.detach().cpu().double(), a.detach().cpu().double()) for f, a in pairs]
+        weight = sum(f for f, _ in f64)
+        anchor = sum(f * a for f, a in f64) / weight.clamp_min(torch.finfo(torch.float64).tiny)
+        anchor = torch.where(weight > 0, anchor, f64[-1][1])  # no weight: any anchor gives a zero term
+        constant = sum((f * (a - anchor).pow(2)).sum() for f, a in f64)
+        return tuple(t.to(like.device, like.dtype) for t in (weight, anchor, constant))  # type: ignore[return-value]
 
     @override
     def loss_terms(self, module: ContinualModule, batch: Batch, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -80,7 +99,7 @@ class EWC(Plugin):
 
     @override
     def set_extra_state(self, state: dict[str, int]) -> None:
-        self.terms = state["terms"]
+        self.terms, self._merged = state["terms"], None
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         for key, value in state_dict.items():  # the stored pairs are created on the fly: make room for them

@@ -28,6 +28,27 @@ def test_fills_in_order_then_keeps_each_sample_with_probability_m_over_n() -> No
     assert abs(p[-1] - M / N) < 4.5 * sd and abs(p[-1] - M / (N - 1)) > 4.5 * sd
 
 
+def test_a_batch_is_inserted_as_algorithm_r_one_sample_at_a_time() -> None:
+    """Batched insertion equals the sequential algorithm driven by the same draws: the n-th sample goes to slot n - 1
+    while there is room, then to slot floor(u n) if below capacity, a later sample of the batch overwriting an earlier
+    one in the same slot."""
+    from clfw.seeding import derived_generator
+
+    capacity, stored, seen = 6, [None] * 6, 0
+    buf = ReservoirBuffer(capacity=capacity, seed=3)
+    for start in range(0, 60, 10):
+        ids = torch.arange(start, start + 10)
+        u = torch.rand(10, generator=derived_generator(3, seen), dtype=torch.float64).tolist()
+        for i, sample in enumerate(ids.tolist()):
+            seen += 1
+            j = seen - 1 if seen <= capacity else int(u[i] * seen)
+            if j < capacity:
+                stored[j] = sample
+        buf.add(id=ids)
+        assert buf.id.tolist() == stored
+    assert len(set(stored)) == capacity
+
+
 def test_first_capacity_samples_fill_slots_in_order() -> None:
     buf = ReservoirBuffer(capacity=5)
     written = buf.add(x=torch.arange(3).view(3, 1).to(torch.uint8), y=torch.tensor([0, 1, 2]))

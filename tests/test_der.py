@@ -37,6 +37,25 @@ def test_derpp_loss_is_ce_plus_alpha_mse_on_logits_plus_beta_ce_on_labels() -> N
     assert not torch.equal(first["y"], second["y"]) or not torch.equal(first["x"], second["x"])
 
 
+def test_derpp_single_draw_uses_one_draw_for_both_terms() -> None:
+    m, dm = trained(DERPP, alpha=0.3, beta=0.7, single_draw=True)
+    batch = dm.stream.tasks[1].train.batch(torch.arange(8), dm.train_transform())
+    draws = copy.deepcopy(m.buffer)
+    drawn = draws.sample(5)
+    t = dm.train_transform()
+    with torch.no_grad():
+        out = m.training_loss(batch)
+        seen = torch.tensor([True] * 4)
+        ce = F.cross_entropy(m(batch.x)[:, seen], batch.y)
+        replayed = m(t(drawn["x"]))
+        mse = ((replayed - drawn["logits"]) ** 2).mean()
+        ce_replay = F.cross_entropy(replayed, drawn["y"])
+    torch.testing.assert_close(out["der"], 0.3 * mse)
+    torch.testing.assert_close(out["derpp"], 0.7 * ce_replay)
+    torch.testing.assert_close(out["loss"], ce + 0.3 * mse + 0.7 * ce_replay)
+    assert int(m.buffer.sample_calls) == int(draws.sample_calls), "one draw per step"
+
+
 def test_der_alone_has_no_label_term_and_stores_the_logits_seen_at_insertion() -> None:
     m, dm = trained(DER, alpha=0.5)
     batch = dm.stream.tasks[1].train.batch(torch.arange(8), dm.train_transform())

@@ -33,6 +33,36 @@ def test_penalty_is_zero_at_the_anchor_and_quadratic_away_from_it() -> None:
     torch.testing.assert_close(single.penalty(m), 0.5 * 3.0 * (plugin.fisher_1 * shift.pow(2)).sum())
 
 
+def test_merged_penalty_equals_the_sum_over_tasks_in_value_and_gradient() -> None:
+    """The per-step penalty uses S = sum F_t, the Fisher-weighted anchor and a constant; it must equal the paper's
+    sum of one quadratic per task, with entries where every Fisher is zero."""
+    torch.manual_seed(0)
+    m = Naive(backbone=MLP(in_features=16, hidden=(8,)), num_classes=4)
+    plugin = EWC(ewc_lambda=3.0)
+    theta = torch.cat([p.flatten() for p in m.parameters()]).detach()
+    for k in range(3):
+        fisher = torch.rand_like(theta) * (torch.rand_like(theta) > 0.3)
+        fisher[:5] = 0  # no task weighs these
+        plugin.register_buffer(f"fisher_{k}", fisher)
+        plugin.register_buffer(f"anchor_{k}", theta + torch.randn_like(theta))
+    plugin.terms = 3
+    value = plugin.penalty(m)
+    grads = torch.autograd.grad(value, list(m.parameters()))
+    flat = torch.cat([p.flatten() for p in m.parameters()])
+
+    def direct(terms: int) -> torch.Tensor:  # the paper's sum, one quadratic per task
+        pairs = [(plugin.get_buffer(f"fisher_{k}"), plugin.get_buffer(f"anchor_{k}")) for k in range(terms)]
+        return 0.5 * 3.0 * sum((f * (flat - a).pow(2)).sum() for f, a in pairs)
+
+    expected = direct(3)
+    expected_grads = torch.autograd.grad(expected, list(m.parameters()))
+    torch.testing.assert_close(value, expected)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e)
+    plugin.terms = 2  # a changed number of pairs is merged again
+    torch.testing.assert_close(plugin.penalty(m), direct(2))
+
+
 def test_online_ewc_decays_the_accumulated_fisher_over_three_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
