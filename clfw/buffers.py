@@ -36,7 +36,7 @@ class Memory(nn.Module):
     ``0 .. len(self) - 1`` hold the samples. Subclasses decide which slots new samples go to.
 
     :meth:`sample` draws distinct stored samples with Floyd's algorithm, O(n) and not O(capacity), from a generator
-    derived from ``(seed, rank, sample calls)``: under DDP each rank draws its own replay minibatch, and a resumed run
+    derived from ``(seed, sample calls)``: under DDP the ranks split one draw (see :meth:`sample`), and a resumed run
     draws exactly what an uninterrupted one would.
 
     Args:
@@ -103,13 +103,19 @@ class Memory(nn.Module):
         self.size.fill_(n)
 
     def sample(self, n: int) -> dict[str, Tensor]:
-        """``min(n, len(self))`` distinct stored samples, uniformly at random, as a dict of fields."""
+        """``min(n, len(self))`` distinct stored samples, uniformly at random, as a dict of fields.
+
+        Under DDP with ``W`` ranks, all ranks make the same draw of ``min(n * W, len(self))`` distinct samples (the
+        one a single process makes when asked for ``n * W``) and each takes its consecutive block of it, as the
+        training loader splits a global batch: the ranks' replay minibatches together are one process's replay
+        minibatch of ``n * W``, without a sample drawn twice.
+        """
         size = len(self)
         if size == 0:
             raise ValueError("cannot sample from an empty buffer")
-        n = min(n, size)
-        rank, _ = world()
-        u = torch.rand(n, generator=derived_generator(self.seed, 1 + rank, int(self.sample_calls)), dtype=torch.float64)
+        rank, ranks = world()
+        n = min(n * ranks, size)
+        u = torch.rand(n, generator=derived_generator(self.seed, 1, int(self.sample_calls)), dtype=torch.float64)
         chosen: list[int] = []
         taken: set[int] = set()
         for k, u_k in enumerate(u.tolist()):  # Floyd's algorithm: n draws, no pass over the buffer (Python floats:
@@ -120,6 +126,8 @@ class Memory(nn.Module):
             chosen.append(t)
         self.sample_calls.add_(1)  # in place: not through nn.Module.__setattr__
         idx = torch.tensor(chosen, dtype=torch.long, device=self.sample_calls.device)
+        if ranks > 1 and n >= ranks:  # fewer stored samples than ranks: every rank replays the whole draw
+            idx = idx.tensor_split(ranks)[rank]
         return {name: getattr(self, name)[idx] for name in self.fields}
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
@@ -140,8 +148,9 @@ class ReservoirBuffer(Memory):
     what an uninterrupted one would.
 
     Under DDP, :meth:`add` gathers each field from every rank and inserts the gathered batch in rank order with the same
-    draws on every rank: all ranks hold the same buffer, the one a single process would hold over the gathered stream.
-    Each rank draws its own replay minibatches (:meth:`Memory.sample`).
+    draws on every rank: all ranks hold the same buffer, the one a single process would hold over the gathered stream
+    (the training loader gives each rank a consecutive block of the global batch, so the gathered batch is the global
+    batch in order). The ranks split one replay draw (:meth:`Memory.sample`).
 
     Args:
         capacity: Number of samples held.

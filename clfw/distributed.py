@@ -14,6 +14,16 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def gather_objects(obj: object) -> list[object]:
+    """Every rank's ``obj``, in rank order (``[obj]`` without a process group). Every rank must call it."""
+    size = world()[1]
+    if size == 1:
+        return [obj]
+    out: list[object] = [None] * size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def average_across_ranks(tensors: list[Tensor]) -> None:
     """Replaces each tensor, in place, by its mean over the ranks (one all-reduce for all of them)."""
     size = world()[1]

@@ -57,6 +57,33 @@ def shard(order: Tensor, rank: int, world_size: int, pad: bool) -> Tensor:
     return order[rank::world_size]
 
 
+def rank_batches(order: Tensor, batch_size: int, rank: int, world_size: int, drop_last: bool = False) -> list[Tensor]:
+    """This rank's training batches of an epoch served in ``order``: step ``s`` trains on the global batch
+    ``order[s * B * W : (s + 1) * B * W]`` (``B`` = ``batch_size`` per rank, ``W`` = ``world_size``), which rank ``r``
+    takes as its ``r``-th consecutive block of ``B``. So the ranks' batches, concatenated in rank order (as a gather
+    does), are the global batch in serving order: what one process with batch ``B * W`` trains on at that step.
+
+    The last global batch, if shorter, is split into ``W`` consecutive blocks whose sizes differ by at most one. Only
+    when it has fewer than ``W`` samples does a rank repeat one (the epoch's first, as ``DistributedSampler`` pads), so
+    every rank takes the same number of steps.
+
+    >>> [[b.tolist() for b in rank_batches(torch.arange(10), 2, rank, 2)] for rank in (0, 1)]
+    [[[0, 1], [4, 5], [8]], [[2, 3], [6, 7], [9]]]
+    >>> [b.tolist() for b in rank_batches(torch.arange(9), 2, 1, 2)]
+    [[2, 3], [6, 7], [0]]
+    """
+    step, batches = batch_size * world_size, []
+    for start in range(0, len(order), step):
+        chunk = order[start : start + step]
+        if len(chunk) == step:
+            batches.append(chunk[rank * batch_size : (rank + 1) * batch_size])
+        elif not drop_last:
+            if len(chunk) < world_size:
+                chunk = torch.cat([chunk, order[: world_size - len(chunk)]])
+            batches.append(chunk.tensor_split(world_size)[rank])
+    return batches
+
+
 class _Batches(Dataset):
     """Map-style dataset whose items are whole batches, so workers gather and transform a batch at a time.
 
@@ -179,10 +206,11 @@ class TaskLoader:
     """Training loader over task data (in memory or on disk) that can resume in the middle of an epoch.
 
     The epoch's sample order is given (the datamodule derives it from the seed and the epoch), this rank takes its
-    shard, and batches are served in order. ``state_dict()`` records how many batches were served; Lightning stores
-    it in the checkpoint and hands it back through ``load_state_dict()`` on resume, so the next ``__iter__`` skips
-    exactly the batches the interrupted run had already trained on. It is deliberately not a ``DataLoader``
-    subclass, so Lightning does not replace its sampler under DDP: sharding is done here.
+    block of each step's global batch (:func:`rank_batches`), and batches are served in order. ``state_dict()``
+    records how many batches were served; Lightning stores it in the checkpoint and hands it back through
+    ``load_state_dict()`` on resume, so the next ``__iter__`` skips exactly the batches the interrupted run had already
+    trained on. It is deliberately not a ``DataLoader`` subclass, so Lightning does not replace its sampler under DDP:
+    sharding is done here.
 
     The transform of batch ``b`` (augmentation) runs with the global CPU generator seeded from ``(order_key(order),
     epoch, rank, b)`` and restored afterwards, and worker processes get their own generator. So the batches, and the
@@ -230,9 +258,7 @@ class TaskLoader:
         self.data, self.transform, self.epoch, self.num_workers = data, transform, epoch, num_workers
         self.pin_memory, self.pool, self.lazy = pin_memory, pool, is_lazy(data.x)
         self._recent: deque[tuple[Tensor, Tensor, Tensor]] = deque(maxlen=self.RECENT)
-        mine = shard(order, rank, world_size, pad=True)
-        n = len(mine) // batch_size if drop_last else -(-len(mine) // batch_size)
-        self.batches = [mine[i * batch_size : (i + 1) * batch_size] for i in range(n)]
+        self.batches = rank_batches(order, batch_size, rank, world_size, drop_last)
         self._key = (order_key(order), epoch, rank)
         self._served = 0
         self._resume_from = 0

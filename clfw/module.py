@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.utilities.seed import reset_seed
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
@@ -26,6 +27,7 @@ from clfw.checkpoint import (
 )
 from clfw.data import SCENARIOS, Batch, Stream
 from clfw.datamodule import ContinualDataModule, TrainingData
+from clfw.distributed import gather_objects
 from clfw.numerics import FiniteGuard
 from clfw.plugins import Plugin, needs_task_boundaries
 from clfw.runs import csv_history, restore_csv_history
@@ -296,6 +298,10 @@ class ContinualModule(pl.LightningModule):
     # -------------------------------------------------------------------------------------------- Lightning
     @override
     def setup(self, stage: str) -> None:
+        # Lightning's DDP re-seeds every process from `seed_everything`'s seed when it sets up (before this hook),
+        # one process does not: re-seed here too, so the head built below and every later draw are the same with
+        # any number of processes (a no-op without seed_everything)
+        reset_seed()
         self.attach_stream(self.trainer.datamodule if self._trainer is not None else None)
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: stages files in /tmp
@@ -538,7 +544,8 @@ class ContinualModule(pl.LightningModule):
             "observed_classes": [] if self._stream is None else torch.nonzero(self.observed_mask).flatten().tolist(),
             "task_ended": self.task_ended,
             "task_end_pending": not self.task_ended and self.task_batches_done(),
-            "rng": capture_rng_states(),
+            "rng": capture_rng_states(),  # this rank's (rank 0's in the file), and every rank's below
+            "rng_per_rank": gather_objects(capture_rng_states()),
             "fingerprint": self.fingerprint(),
             "csv_history": csv_history(self.trainer) if self._trainer is not None else {},
             "train_log": self._train_log.state_dict(),
@@ -568,7 +575,7 @@ class ContinualModule(pl.LightningModule):
         _close_finished_epoch(checkpoint)
         self.current_task, self.task_ended = state["task"], state["task_ended"]
         self._pending_task_end = state["task_end_pending"]
-        self._pending_rng = state["rng"]
+        self._pending_rng = _own_rng_states(state, self._trainer)
         self._pending_train_log = state.get("train_log")  # absent from older checkpoints: a new interval
         if self._trainer is not None:
             restore_csv_history(self.trainer, state["csv_history"])
@@ -579,6 +586,17 @@ class ContinualModule(pl.LightningModule):
             self._update_seen_mask()
         else:
             self._pending_observed = observed
+
+
+def _own_rng_states(state: dict[str, Any], trainer: pl.Trainer | None) -> dict[str, Any]:
+    """This rank's random states from a checkpoint: its own when the checkpoint has them (``rng_per_rank``, one per
+    rank of the run that wrote it). A run resumed on more ranks than wrote the checkpoint gives rank ``r`` the states
+    of rank ``r mod W``; on fewer ranks, the extra ranks' states are dropped. Older checkpoints hold rank 0's only."""
+    per_rank = state.get("rng_per_rank")
+    if not per_rank:
+        return state["rng"]
+    rank = trainer.global_rank if trainer is not None else 0
+    return per_rank[rank % len(per_rank)]
 
 
 def _close_finished_epoch(checkpoint: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ class ER(ContinualModule):
     Each step, a minibatch drawn from the memory is concatenated with the current batch and the cross-entropy of the
     joint batch is minimised; then the current batch's raw inputs are offered to the reservoir memory. Replayed inputs
     go through the training transform when drawn (the memory stores them untransformed, e.g. uint8). Under DDP every
-    rank holds the same memory (see :class:`~clfw.buffers.ReservoirBuffer`) and draws its own replay minibatch.
+    rank holds the same memory (see :class:`~clfw.buffers.ReservoirBuffer`) and takes its block of one replay draw.
 
     Args:
         buffer_size: Memory capacity (samples).

@@ -151,9 +151,12 @@ def test_task_loader_resumes_mid_epoch_and_shards() -> None:
     assert [b.x.flatten().tolist() for b in resumed] == full[2:]
     with pytest.raises(ValueError, match="epoch 4"):
         TaskLoader(data, order, 3, epoch=5).load_state_dict(state)
-    # training shards pad to equal length; evaluation shards partition exactly
+    # training: every rank takes the same number of steps, and the ranks' batches of a step, in rank order, are the
+    # global batch in serving order (nothing padded when the last global batch has at least one sample per rank)
     shards = [[b.x.flatten().tolist() for b in TaskLoader(data, order, 2, rank=r, world_size=3)] for r in range(3)]
-    assert [sum(len(b) for b in s) for s in shards] == [4, 4, 4]
+    assert [len(s) for s in shards] == [2, 2, 2]
+    assert [v for step in zip(*shards, strict=True) for batch in step for v in batch] == order.tolist()
+    # evaluation shards partition exactly
     ev = [torch.cat([b.x for b in EvalLoader(data, 4, rank=r, world_size=3)]).flatten() for r in range(3)]
     assert sorted(torch.cat(ev).tolist()) == list(range(10))
     assert shard(torch.arange(7), 2, 3, pad=False).tolist() == [2, 5]
