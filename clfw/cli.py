@@ -33,6 +33,7 @@ from clfw.datamodule import ContinualDataModule
 from clfw.evaluation import AccuracyMatrix
 from clfw.module import ContinualModule
 from clfw.plugins import Plugin
+from clfw.preemption import EXIT_PREEMPTED, PreemptedError, Preemption
 from clfw.resume import RunConfig, prepare_resume
 from clfw.runs import claim_run_dir, run_dir
 from clfw.tracking import WandbTracking, default_name_and_group, finish_runs, log_config, set_run_defaults
@@ -48,6 +49,9 @@ class ContinualCLI(LightningCLI):
     - the progress bar names the task (:class:`~clfw.callbacks.ContinualProgressBar`) unless another bar is given;
     - ``--resume auto|require|never`` (:mod:`clfw.resume`): a resumed run is the same run, in the same directory, with
       the same config (checked before training), or it does not start; ``--ckpt_path last`` means ``require``;
+    - :class:`~clfw.preemption.Preemption` is added unless given: on SIGUSR1 (SLURM's ``--signal=SIGUSR1@90``) the
+      run writes an exact checkpoint into its own checkpoint directory at the end of the step, requeues the SLURM
+      job and exits with status 75, and ``--resume auto`` continues it;
     - the resolved config is saved as ``config.yaml`` in the run's own directory (:func:`clfw.runs.run_dir`), and a
       new run into a directory that holds another run's ``metrics.json`` is refused;
     - with a ``WandbLogger`` (:mod:`clfw.tracking`): the resolved config becomes the W&B run config, the run is named
@@ -135,6 +139,8 @@ class ContinualCLI(LightningCLI):
         loggers = loggers if isinstance(loggers, list) else [loggers]
         if any(isinstance(lg, WandbLogger) for lg in loggers) and not any(isinstance(c, WandbTracking) for c in given):
             callbacks = [*callbacks, WandbTracking()]
+        if not any(isinstance(cb, Preemption) for cb in given):
+            callbacks = [*callbacks, Preemption()]
         return super()._instantiate_trainer(config, [*callbacks, self.run_config])
 
 
@@ -448,6 +454,9 @@ def main(args: list[str] | None = None) -> None:
     parser_kwargs = {**no_exit, **{name: dict(no_exit) for name in ContinualCLI.subcommands()}}
     try:
         ContinualCLI(args=None if args is None else argv, parser_kwargs=parser_kwargs)
+    except PreemptedError as err:  # the checkpoint is written and the job requeued: one line, no traceback
+        print(f"clfw: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_PREEMPTED) from None
     except Exception as err:
         line = None if debug else bad_input_line(err)
         if line is None:

@@ -3,11 +3,12 @@
 ``clfw fit ... --resume auto|require|never``:
 
 - ``never`` (the default without ``--ckpt_path``): a new run, in a new directory;
-- ``require``: resume this run's own ``last.ckpt``, and fail when there is none (``--ckpt_path last`` means this);
+- ``require``: resume this run's own newest checkpoint, and fail when there is none (``--ckpt_path last`` means this);
 - ``auto``: resume it if there is one, else start (what a requeued cluster job needs).
 
-"This run's own" checkpoint is ``last.ckpt`` in the ``ModelCheckpoint``'s ``dirpath`` when one is given, else in the
-run directory's ``checkpoints/``: the logger's version when it is set (a W&B id, a CSV version), else the newest
+"This run's own" checkpoint is the newer of ``last.ckpt`` and a preemption checkpoint ``hpc_ckpt_N.ckpt``
+(:mod:`clfw.preemption`) in the ``ModelCheckpoint``'s ``dirpath`` when one is given, else in the run directory's
+``checkpoints/``: the logger's version when it is set (a W&B id, a CSV version), else the newest
 version under the logger's root that has one. The resumed run adopts the checkpoint's logger version, so it writes
 into the same directory (the CSV log continues, a W&B run resumes by its id).
 
@@ -145,28 +146,45 @@ def _set_version(logger: pl.loggers.Logger, version: str | int) -> None:
         raise ValueError(f"cannot resume {type(logger).__name__} into the same run: set its version explicitly")
 
 
+def own_checkpoint_dir(trainer: pl.Trainer) -> str:
+    """Where this run's checkpoints go during fit: the ``ModelCheckpoint``'s ``dirpath``, else the run directory's
+    ``checkpoints/`` (where :func:`find_own_checkpoint` looks, and where :class:`~clfw.preemption.Preemption`
+    writes)."""
+    for cb in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath is not None:
+            return str(cb.dirpath)
+    return os.path.join(run_dir(trainer), "checkpoints")
+
+
+#: The files of a run's checkpoint directory that resume it: ``last.ckpt`` and preemption checkpoints.
+OWN_CHECKPOINTS = ("last.ckpt", "hpc_ckpt_*.ckpt")
+
+
 def find_own_checkpoint(trainer: pl.Trainer) -> tuple[str | None, list[str]]:
-    """``(this run's last.ckpt or None, the places looked at)``; for an automatic logger version, the newest version
+    """``(this run's newest checkpoint or None, the places looked at)``: the newer of ``last.ckpt`` and the preemption
+    checkpoints (``hpc_ckpt_N.ckpt``) in its checkpoint directory; for an automatic logger version, the newest version
     that has one is adopted."""
     for cb in trainer.callbacks:  # type: ignore[attr-defined]
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is not None:
-            return _if_file(os.path.join(cb.dirpath, "last.ckpt"))
+            return _newest(str(cb.dirpath))
     if not trainer.loggers:
-        return _if_file(os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt"))
+        return _newest(os.path.join(trainer.default_root_dir, "checkpoints"))
     logger = trainer.loggers[0]
     if _version_of(logger) is not None:
-        return _if_file(os.path.join(run_dir(trainer), "checkpoints", "last.ckpt"))
+        return _newest(os.path.join(run_dir(trainer), "checkpoints"))
     root = getattr(logger, "root_dir", None) or os.path.join(logger.save_dir or trainer.default_root_dir, logger.name)
-    pattern = os.path.join(root, "*", "checkpoints", "last.ckpt")
-    found = sorted(glob.glob(pattern), key=os.path.getmtime)
+    patterns = [os.path.join(root, "*", "checkpoints", name) for name in OWN_CHECKPOINTS]
+    found = sorted((f for p in patterns for f in glob.glob(p)), key=os.path.getmtime)
     if not found:
-        return None, [pattern]
+        return None, patterns
     _set_version(logger, _saved_version(os.path.dirname(os.path.dirname(found[-1]))))
-    return found[-1], [pattern]
+    return found[-1], patterns
 
 
-def _if_file(path: str) -> tuple[str | None, list[str]]:
-    return (path if os.path.isfile(path) else None), [path]
+def _newest(directory: str) -> tuple[str | None, list[str]]:
+    patterns = [os.path.join(directory, name) for name in OWN_CHECKPOINTS]
+    found = sorted((f for p in patterns for f in glob.glob(p) if os.path.isfile(f)), key=os.path.getmtime)
+    return (found[-1] if found else None), patterns
 
 
 def prepare_resume(
@@ -193,7 +211,8 @@ def prepare_resume(
     if ckpt_path is None and policy in ("auto", "require"):
         ckpt_path, looked = find_own_checkpoint(trainer)
         if ckpt_path is None and policy == "require":
-            raise ValueError(f"resume=require, but this run has no checkpoint to resume (looked for {looked[0]})")
+            where = " or ".join(looked)
+            raise ValueError(f"resume=require, but this run has no checkpoint to resume (looked for {where})")
     if ckpt_path is None:
         return None
     checkpoint = read_checkpoint(ckpt_path)

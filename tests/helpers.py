@@ -216,7 +216,8 @@ class KillAt(pl.Callback):
         point: ``"step"`` (after optimizer step ``step`` and its checkpoint), ``"task_end"`` (in the task-end work of
             the task ending at ``step``, after the strategy's and plugins' hooks), ``"evaluation"`` (inside the
             continual-evaluation pass of ``step``) or ``"checkpoint_write"`` (half-way through writing the ``step``-th
-            checkpoint file).
+            checkpoint file); or ``"sigusr1"``: sends SIGUSR1 (SLURM's preemption warning) after optimizer step
+            ``step`` instead of killing, so that :class:`~clfw.preemption.Preemption` checkpoints and stops the run.
         step: The step (or checkpoint count) of the kill.
     """
 
@@ -273,3 +274,5 @@ class KillAt(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if self.point == "step" and trainer.global_step >= self.step:
             self._die()
+        if self.point == "sigusr1" and trainer.global_step == self.step:  # SLURM's warning: the run must stop itself
+            os.kill(os.getpid(), signal.SIGUSR1)

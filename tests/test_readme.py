@@ -63,7 +63,8 @@ def test_every_documented_offline_clfw_command_trains_with_a_tiny_budget(tmp_pat
     """Each documented command that trains offline runs, in order, from a folder holding the repository's configs,
     with ``--data.n_tasks 2 --data.epochs_per_task 1 --trainer.limit_train_batches 2`` appended. Resume commands
     (``--ckpt_path``, ``--resume``) stay parse-only here: tests/test_resume_cli.py runs the resume policy. W&B commands
-    (``configs/trainer/wandb.yaml``) too: tests/test_wandb.py runs the README's offline and reads the run back."""
+    (``configs/trainer/wandb.yaml``) too: tests/test_wandb.py runs the README's offline and reads the run back. And GPU
+    commands: tests/test_launch.py runs a multi-process launch on the CPU."""
     import json
 
     from clfw.cli import main
@@ -75,6 +76,8 @@ def test_every_documented_offline_clfw_command_trains_with_a_tiny_budget(tmp_pat
     ran = 0
     for _, args in documented_clfw_commands():
         if any(a.startswith(("--ckpt_path", "--resume")) or "trainer/wandb.yaml" in a for a in args):
+            continue
+        if "gpu" in args or "--trainer.accelerator=gpu" in args:  # no GPU here: tests/test_launch.py runs DDP
             continue
         before = set(tmp_path.rglob("metrics.json"))
         main(["fit", *args, *tiny, "--trainer.enable_progress_bar=false"])

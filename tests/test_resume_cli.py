@@ -1,7 +1,8 @@
 """The CLI's resume policy, run by SIGKILL: a resumed run is the same run (same directory, history, result), or it
 does not start.
 
-One real SIGKILL per kill point on Naive through ``clfw fit``, resumed with ``--resume auto`` as a requeued cluster job
+One real SIGKILL per kill point on Naive through ``clfw fit`` (and SLURM's SIGUSR1 warning, on which the run writes
+its own checkpoint and exits), resumed with ``--resume auto`` as a requeued cluster job
 would be: the accuracy matrix, the continual-evaluation curves, ``metrics.csv`` and every ``state_dict`` tensor equal
 the uninterrupted run's. Then the policy's refusals, each one line with exit code 2.
 """
@@ -21,6 +22,7 @@ import pytest
 import torch
 
 from clfw.cli import main
+from clfw.preemption import EXIT_PREEMPTED
 from clfw.resume import _set_version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +60,9 @@ KILLS = {
     "task_end": (5, ["--trainer.callbacks.point=task_end", "--trainer.callbacks.step=12"]),
     "evaluation": (5, ["--trainer.callbacks.point=evaluation", "--trainer.callbacks.step=17"]),
     "checkpoint_write": (5, ["--trainer.callbacks.point=checkpoint_write", "--trainer.callbacks.step=5"]),
+    # SLURM's warning signal: clfw writes hpc_ckpt_1.ckpt at the end of step 17 (newer than last.ckpt of step 15)
+    # into the run's own checkpoints/, and exits 75; --resume auto picks the newer file
+    "sigusr1": (5, ["--trainer.callbacks.point=sigusr1", "--trainer.callbacks.step=17"]),
 }
 
 
@@ -116,7 +121,14 @@ def test_sigkill_at_every_kill_point_then_resume_auto_is_the_uninterrupted_run(t
         first = dict(zip(dirs, pool.map(victim, dirs), strict=True))
         assert first["reference"].returncode == 0, first["reference"].stderr[-3000:]
         for name in KILLS:
-            assert first[name].returncode == -signal.SIGKILL, (name, first[name].stderr[-3000:])
+            expected = EXIT_PREEMPTED if name == "sigusr1" else -signal.SIGKILL
+            assert first[name].returncode == expected, (name, first[name].stderr[-3000:])
+        assert "clfw: preempted (SIGUSR1) after step 17" in first["sigusr1"].stderr
+        hpc = dirs["sigusr1"] / "runs/tiny/version_0/checkpoints/hpc_ckpt_1.ckpt"
+        saved = torch.load(hpc, weights_only=False)
+        assert saved["global_step"] == 17 and saved["clfw"]["fingerprint"]["strategy"] == "clfw.strategies.naive.Naive"
+        assert saved["callbacks"]["RunConfig"]["run_dir"] == os.path.realpath(hpc.parent.parent)
+        assert not (dirs["sigusr1"] / "hpc_ckpt_1.ckpt").exists(), "nothing in default_root_dir"
         # killed while writing step 15's file: it never appeared under its name, only as a hidden temporary file
         names = sorted(p.name for p in ckpts.iterdir())
         assert [n for n in names if not n.startswith(".")] == [
