@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 from typing import Any
 
 import torch
@@ -15,17 +16,35 @@ from clfw.distributed import world
 from clfw.seeding import derived_generator
 
 
-def _gather(t: Tensor, world: int) -> Tensor:
-    """Concatenation of ``t`` from every rank, in rank order (first dimensions may differ across ranks)."""
-    size = torch.tensor([len(t)], device=t.device)
+def _gather_fields(fields: dict[str, Tensor], world: int) -> dict[str, Tensor]:
+    """Every rank's ``fields``, each concatenated in rank order (ranks may hold different numbers of samples).
+
+    Two collectives whatever the number of fields: an all-gather of the sample counts, and one of the fields packed
+    side by side as bytes (on the first non-CPU field's device, so NCCL can carry them); each field is unpacked to its
+    dtype, shape and device, bit for bit.
+    """
+    first = next(iter(fields.values()))
+    n, device = len(first), next((v.device for v in fields.values() if v.device.type != "cpu"), first.device)
+    columns, layout = [], []
+    for name, value in fields.items():
+        flat = value.detach().to(device).contiguous().reshape(n, math.prod(value.shape[1:]))
+        columns.append(flat.view(torch.uint8))
+        layout.append((name, value.dtype, value.shape[1:], columns[-1].shape[1], value.device))
+    packed = torch.cat(columns, 1)
+    size = torch.tensor([n], device=device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: len(t)] = t
+    counts = [int(s.item()) for s in sizes]
+    padded = torch.zeros((max(counts), packed.shape[1]), dtype=torch.uint8, device=device)
+    padded[:n] = packed
     parts = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
+    joint = torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
+    out, start = {}, 0
+    for name, dtype, shape, width, home in layout:
+        out[name] = joint[:, start : start + width].contiguous().view(dtype).reshape(len(joint), *shape).to(home)
+        start += width
+    return out
 
 
 class Memory(nn.Module):
@@ -79,7 +98,7 @@ class Memory(nn.Module):
         if self.fields and sorted(fields) != sorted(self.fields):
             raise ValueError(f"this buffer stores fields {self.fields}, got {sorted(fields)}")
         _, size = world()
-        fields = {k: (_gather(v.detach(), size) if gather and size > 1 else v.detach()) for k, v in fields.items()}
+        fields = _gather_fields(fields, size) if gather and size > 1 else {k: v.detach() for k, v in fields.items()}
         if not self.fields:
             self._allocate(fields)
         return fields, len(next(iter(fields.values())))
