@@ -33,32 +33,15 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
+from gpu_first_task import SyntheticCIFAR100  # scripts/: random images of CIFAR-100's shape
 from typing_extensions import override
 
 import clfw.strategies
 from clfw import ContinualEvaluation
 from clfw.backbones import ResNet18
-from clfw.benchmarks import SplitCIFAR100
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMORY, WARMUP, EVAL_EVERY, EVAL_PER_TASK = 2000, 10, 10, 200
-
-
-class Synthetic(SplitCIFAR100):
-    """Split CIFAR-100 over random uint8 images: ``per_class`` training and ``per_class // 5`` test images a class."""
-
-    def __init__(self, per_class: int = 500, **kwargs: Any) -> None:
-        super().__init__(augment=False, **kwargs)
-        self.per_class = per_class
-
-    @override
-    def load(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        g = torch.Generator().manual_seed(0)
-        out = []
-        for n in (self.per_class, max(1, self.per_class // 5)):
-            y = torch.arange(100).repeat_interleave(n)
-            out.append((torch.randint(0, 256, (len(y), 3, 32, 32), dtype=torch.uint8, generator=g), y))
-        return out[0], out[1]
 
 
 def _sync(device: torch.device) -> None:
@@ -107,7 +90,7 @@ def clfw_rate(strategy: str, args: argparse.Namespace, evaluate: bool) -> float:
         accelerator=args.accelerator, devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=callbacks, default_root_dir=tempfile.mkdtemp(prefix="clfw-gpu-bench-"),
     )  # fmt: skip
-    dm = Synthetic(per_class=args.per_class, batch_size=args.batch, epochs_per_task=1)
+    dm = SyntheticCIFAR100(per_class=args.per_class, augment=False, batch_size=args.batch, epochs_per_task=1)
     trainer.fit(module, dm)
     return rate.images / rate.seconds
 
@@ -116,7 +99,7 @@ def plain_rate(strategy: str, args: argparse.Namespace, evaluate: bool) -> float
     """The same training as a plain loop; see the module docstring."""
     torch.manual_seed(0)
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
-    dm = Synthetic(per_class=args.per_class, batch_size=args.batch, epochs_per_task=1)
+    dm = SyntheticCIFAR100(per_class=args.per_class, augment=False, batch_size=args.batch, epochs_per_task=1)
     tasks = dm.stream.tasks
     mean = torch.tensor((0.5071, 0.4865, 0.4409), device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor((0.2673, 0.2564, 0.2762), device=device).view(1, 3, 1, 1) * 255
