@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from clfw.cli import main
@@ -111,3 +112,16 @@ def test_preemption_arguments_are_checked() -> None:
         Preemption(signal_name="USR1")
     with pytest.raises(ValueError, match="sync_every_n_steps must be at least 1, got 0"):
         Preemption(sync_every_n_steps=0)
+
+
+@pytest.mark.slow
+def test_under_ddp_a_signal_on_one_rank_stops_every_rank_at_the_same_step_with_one_checkpoint(tmp_path: Path) -> None:
+    from tests.helpers import run_script
+
+    run_script("ddp_preemption.py", str(tmp_path), cwd=tmp_path)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["step"] for r in ranks] == [4, 4], "both ranks stop at the first sync step after the signal"
+    assert all(r["stopped"] and "after step 4" in r["stopped"] for r in ranks)
+    assert ranks[0]["path"] == ranks[1]["path"] == str(tmp_path / "checkpoints" / "hpc_ckpt_1.ckpt")
+    saved = torch.load(ranks[0]["path"], weights_only=False)
+    assert saved["global_step"] == 4 and len(saved["clfw"]["rng_per_rank"]) == 2
