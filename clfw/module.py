@@ -537,6 +537,7 @@ class ContinualModule(pl.LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_finite("a checkpoint")
+        rng = capture_rng_states()
         checkpoint["clfw"] = {
             "format": CHECKPOINT_FORMAT,
             "version": _clfw_version(),
@@ -544,8 +545,8 @@ class ContinualModule(pl.LightningModule):
             "observed_classes": [] if self._stream is None else torch.nonzero(self.observed_mask).flatten().tolist(),
             "task_ended": self.task_ended,
             "task_end_pending": not self.task_ended and self.task_batches_done(),
-            "rng": capture_rng_states(),  # this rank's (rank 0's in the file), and every rank's below
-            "rng_per_rank": gather_objects(capture_rng_states()),
+            "rng": rng,  # this rank's (rank 0's in the file), and every rank's below
+            "rng_per_rank": gather_objects(rng),
             "fingerprint": self.fingerprint(),
             "csv_history": csv_history(self.trainer) if self._trainer is not None else {},
             "train_log": self._train_log.state_dict(),

@@ -164,14 +164,11 @@ def find_own_checkpoint(trainer: pl.Trainer) -> tuple[str | None, list[str]]:
     """``(this run's newest checkpoint or None, the places looked at)``: the newer of ``last.ckpt`` and the preemption
     checkpoints (``hpc_ckpt_N.ckpt``) in its checkpoint directory; for an automatic logger version, the newest version
     that has one is adopted."""
-    for cb in trainer.callbacks:  # type: ignore[attr-defined]
-        if isinstance(cb, ModelCheckpoint) and cb.dirpath is not None:
-            return _newest(str(cb.dirpath))
-    if not trainer.loggers:
-        return _newest(os.path.join(trainer.default_root_dir, "checkpoints"))
-    logger = trainer.loggers[0]
-    if _version_of(logger) is not None:
-        return _newest(os.path.join(run_dir(trainer), "checkpoints"))
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]
+    given = any(isinstance(cb, ModelCheckpoint) and cb.dirpath is not None for cb in callbacks)
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if given or logger is None or _version_of(logger) is not None:  # the directory is known without a new version
+        return _newest(own_checkpoint_dir(trainer))
     root = getattr(logger, "root_dir", None) or os.path.join(logger.save_dir or trainer.default_root_dir, logger.name)
     patterns = [os.path.join(root, "*", "checkpoints", name) for name in OWN_CHECKPOINTS]
     found = sorted((f for p in patterns for f in glob.glob(p)), key=os.path.getmtime)
