@@ -313,3 +313,22 @@ def herding(features: Tensor, m: int) -> Tensor:
         available[i] = False
         running += phi[i]
     return torch.tensor(chosen, dtype=torch.long)
+
+
+def replay_memory(module: nn.Module, user: str) -> Memory:
+    """The replay memory a plugin (``user``, named in the error) reads: the strategy's own (the first
+    :class:`Memory` among its submodules outside ``plugins``, e.g. ER's ``buffer``), else the first one a plugin holds.
+
+    Raises:
+        ValueError: the strategy and its plugins hold no replay memory.
+    """
+    plugins = getattr(module, "plugins", None)
+    inside = {id(m) for m in plugins.modules()} if isinstance(plugins, nn.Module) else set()
+    found = [m for m in module.modules() if isinstance(m, Memory)]
+    own = [m for m in found if id(m) not in inside]
+    if own or found:
+        return (own or found)[0]
+    raise ValueError(
+        f"{user} needs a replay memory, but {type(module).__name__} and its plugins hold none: use it with a replay "
+        "strategy (ER, DER++, ER-ACE, ...)"
+    )

@@ -24,10 +24,10 @@ class ContinualEvaluation(ContinualCallback):
 
     The subsample is drawn once per task with its own generator (``seed``), so evaluation never touches the training
     random streams: the weights are bit-identical with and without this callback. It is kept as ready tensors
-    (transformed, on the model's device), split exactly across ranks; one batched forward through ``module.predict``
-    covers all evaluated tasks, accuracies are computed per task by index, and correct/total counts are summed across
-    ranks (``TaskAccuracy``, a ``torchmetrics.Metric``). The model is in eval mode without gradients and every module's
-    train flag is restored afterwards.
+    (transformed, on the model's device), split exactly across ranks; one batched forward through
+    ``module.class_scores`` covers all evaluated tasks, accuracies are computed per task by index, and correct/total
+    counts are summed across ranks (``TaskAccuracy``, a ``torchmetrics.Metric``). The model is in eval mode without
+    gradients and every module's train flag is restored afterwards.
 
     The last step of a task is evaluated after the task-end hooks (with the accuracy matrix), so the curves show what
     the strategy predicts at each point. Metrics (:class:`~clfw.stability.StabilityTracker`) are logged to every logger
@@ -111,7 +111,9 @@ class ContinualEvaluation(ContinualCallback):
         size = self.batch_size or max(end, 1)
         with eval_mode(module):
             for i in range(0, end, size):
-                self._metric.update(module.predict(x[i : i + size], t[i : i + size]), y[i : i + size], t[i : i + size])
+                self._metric.update(
+                    module.class_scores(x[i : i + size], t[i : i + size]), y[i : i + size], t[i : i + size]
+                )
         acc, _ = self._metric.compute()
         self._metric.reset()
         acc = acc.reshape(-1)  # torchmetrics squeezes a one-element result (a one-task stream) to a 0-d tensor

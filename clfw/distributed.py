@@ -34,3 +34,13 @@ def average_across_ranks(tensors: list[Tensor]) -> None:
     flat /= size
     for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
         t.copy_(part.view_as(t))
+
+
+def sum_across_ranks(tensors: list[Tensor]) -> None:
+    """Replaces each tensor, in place, by its sum over the ranks (one all-reduce for all of them)."""
+    if world()[1] == 1 or not tensors:
+        return
+    flat = torch.cat([t.flatten() for t in tensors])
+    dist.all_reduce(flat)
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+        t.copy_(part.view_as(t))

@@ -1,6 +1,6 @@
 """Task-end evaluation: the accuracy matrix, measured through the module's own prediction method.
 
-``evaluate`` is the one evaluation routine: it runs ``module.predict`` over tasks' splits in eval mode without
+``evaluate`` is the one evaluation routine: it runs ``module.class_scores`` over tasks' splits in eval mode without
 gradients, each rank on its exact shard, and sums correct/total counts across ranks in a ``torchmetrics.Metric``, so
 under DDP the result equals the single-process value. ``AccuracyMatrix`` calls it before training and at each task end.
 """
@@ -100,7 +100,7 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
 def evaluate(
     module: ContinualModule, datamodule: ContinualDataModule, tasks: Sequence[int], split: str = "test"
 ) -> tuple[list[float], list[float]]:
-    """Accuracy of ``module.predict`` on each task in ``tasks`` (and per class), in eval mode, without gradients.
+    """Accuracy of ``module.class_scores`` on each task in ``tasks`` (and per class), in eval mode, without gradients.
 
     Returns per-task accuracies for ``tasks`` in order, and per-class accuracies over all classes (``nan`` for classes
     not evaluated). Every module's train/eval flag is restored afterwards.
@@ -111,7 +111,7 @@ def evaluate(
         for t in tasks:
             for batch in datamodule.task_loader(t, split):  # type: ignore[arg-type]
                 batch = Batch(*(v.to(module.device, non_blocking=True) for v in batch))
-                metric.update(module.predict(batch.x, batch.task), batch.y, batch.task)
+                metric.update(module.class_scores(batch.x, batch.task), batch.y, batch.task)
     task_acc, class_acc = (a.reshape(-1) for a in metric.compute())  # torchmetrics squeezes one-element results
     return [float(task_acc[t]) for t in tasks], class_acc.tolist()
 

@@ -59,7 +59,9 @@ class ContinualModule(pl.LightningModule):
     - :meth:`on_task_start` / :meth:`on_task_end`: task boundaries; ``on_task_end`` runs before the task-end
       evaluation, with the task's data reachable through ``self.datamodule.task_loader(task)``;
     - :meth:`before_optimizer_step`: the final gradients before the optimizer step (A-GEM);
-    - :meth:`predict`: class scores, which every evaluator calls (override to classify differently, e.g. NME).
+    - :meth:`after_optimizer_step`: right after each optimizer step, before any evaluation of that step (EMA models);
+    - :meth:`predict`: class scores (override to classify differently, e.g. NME). Evaluators call
+      :meth:`class_scores`: the strategy's ``predict``, then each plugin's ``predict`` in list order.
 
     Class attributes a strategy may set: ``supported_scenarios`` (others are refused before training),
     ``training_data`` (``"current"``, ``"seen"`` or ``"all"``: what the datamodule serves) and
@@ -258,8 +260,18 @@ class ContinualModule(pl.LightningModule):
         return logits if mask is None else logits.masked_fill(~mask, float("-inf"))
 
     def predict(self, x: Tensor, task_ids: Tensor) -> Tensor:
-        """Class scores ``[B, num_classes]`` whose argmax is the prediction; every evaluator calls this."""
+        """The strategy's class scores ``[B, num_classes]`` (override to classify differently); evaluators call
+        :meth:`class_scores`, which passes them on to the plugins."""
         return self.masked(self(x), task_ids)
+
+    def class_scores(self, x: Tensor, task_ids: Tensor) -> Tensor:
+        """Class scores ``[B, num_classes]`` whose argmax is the prediction, as every evaluator computes them: the
+        strategy's :meth:`predict`, then each plugin's :meth:`~clfw.Plugin.predict` in list order (each receives the
+        scores so far, e.g. a nearest-mean head replaces them)."""
+        scores = self.predict(x, task_ids)
+        for p in self.plugins:
+            scores = p.predict(self, x, task_ids, scores)
+        return scores
 
     def _update_seen_mask(self) -> None:
         stream, t = self.stream, self.stream_task
@@ -290,6 +302,10 @@ class ContinualModule(pl.LightningModule):
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Called with the final gradients in ``.grad``, before clipping and the optimizer step."""
+
+    def after_optimizer_step(self) -> None:
+        """Called right after each optimizer step (not after an accumulating or skipped batch), before the plugins'
+        ``after_optimizer_step`` and before any callback (evaluation, task end, checkpoint) of that step."""
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters handed to the optimizer (default: all that require gradients)."""
@@ -483,6 +499,13 @@ class ContinualModule(pl.LightningModule):
             p.before_optimizer_step(self, optimizer)
 
     @override
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.after_optimizer_step()
+        for p in self.plugins:
+            p.after_optimizer_step(self)
+
+    @override
     def on_train_epoch_end(self) -> None:  # normally done already by TaskBoundaryCallback after the last batch
         if not self.task_ended and self.datamodule.is_last_epoch_of_task(self.current_epoch):
             self._end_task(self.stream_task)
@@ -506,7 +529,7 @@ class ContinualModule(pl.LightningModule):
     @override
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         batch = Batch(*batch)
-        acc = (self.predict(batch.x, batch.task).argmax(1) == batch.y).float().mean()
+        acc = (self.class_scores(batch.x, batch.task).argmax(1) == batch.y).float().mean()
         self.log(f"test/task_{dataloader_idx}/acc", acc, batch_size=len(batch.y), add_dataloader_idx=False)
 
     def _callbacks(self) -> list[ContinualCallback]:

@@ -10,7 +10,9 @@ argument, so a config can add one to any strategy, including one written outside
           - class_path: mylab.MyRegularizer
             init_args: {weight: 0.5}
 
-The module calls each hook on itself first, then on each plugin in list order. A plugin is an ``nn.Module`` held
+The module calls each hook on itself first, then on each plugin in list order: the strategy's ``predict`` then each
+plugin's ``predict`` (each gets the scores so far); after an optimizer step the strategy's ``after_optimizer_step``,
+then each plugin's, all before any evaluation, task end or checkpoint of that step. A plugin is an ``nn.Module`` held
 inside the strategy, so its buffers (importance weights, anchors) are saved in checkpoints, moved to the device and
 seen by DDP without extra code; other state goes in ``get_extra_state``/``set_extra_state``.
 """
@@ -62,6 +64,16 @@ class Plugin(nn.Module):
 
     def before_optimizer_step(self, module: ContinualModule, optimizer: Optimizer) -> None:
         """Called with the final gradients in ``.grad`` (accumulated, DDP-averaged, unscaled), before clipping/step."""
+
+    def after_optimizer_step(self, module: ContinualModule) -> None:
+        """Called right after each optimizer step, after the strategy's own ``after_optimizer_step`` and before any
+        callback of that step (continual evaluation, task end, checkpoint): an EMA model updates here."""
+
+    def predict(self, module: ContinualModule, x: Tensor, task_ids: Tensor, scores: Tensor) -> Tensor:
+        """The class scores every evaluator uses (:meth:`~clfw.ContinualModule.class_scores`): ``scores`` are the
+        strategy's ``predict`` after the earlier plugins' ``predict``; return them unchanged (the default), or new
+        ``[B, num_classes]`` scores (a nearest-mean head)."""
+        return scores
 
 
 def needs_task_boundaries(obj: object) -> bool:

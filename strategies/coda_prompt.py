@@ -135,8 +135,7 @@ class CODAPrompt(PromptModule):
             self._freeze_earlier()
 
     @override
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
+    def after_optimizer_step(self) -> None:
         # the earlier components are fixed: undo what the optimizer (weight decay, momentum) did to them, right after
         # the step, so that every evaluation, task end and checkpoint of this step sees them unchanged
         with torch.no_grad():

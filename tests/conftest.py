@@ -1,12 +1,19 @@
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
 # Lightning's advice to add workers is noise for in-memory tensors on 2 CPU cores.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # pytest-xdist runs one worker per core (pyproject's addopts): one thread each, and for the processes they start
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -23,3 +30,19 @@ def _only_canonical_import_names():
     yield
     bare = sorted(name for name in ("strategies", "benchmarks") if name in sys.modules)
     assert not bare, f"a test imported {bare} by the bare name; use clfw.strategies / clfw.benchmarks"
+
+
+@pytest.fixture(scope="session")
+def ddp_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the suite's one 2-process DDP launch (``tests/scripts/ddp_suite.py``): ``<folder>/<job>`` holds
+    each job's files. Tests that use it carry ``@pytest.mark.xdist_group("ddp")``, so that one pytest-xdist worker runs
+    them all and the launch happens once."""
+    from tests.helpers import run_script
+    from tests.scripts.ddp_resume_world import main as resume_world
+    from tests.test_ddp_resume_world import FAMILIES
+
+    out = tmp_path_factory.mktemp("ddp_suite")
+    (out / "resume_world").mkdir()
+    resume_world(str(out / "resume_world"), 1, "start", FAMILIES)  # the checkpoints the launch resumes on 2 processes
+    run_script("ddp_suite.py", str(out), cwd=out)
+    return out

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from clfw.buffers import ClassBalancedBuffer, Memory, ReservoirBuffer, herding
-from tests.helpers import free_port, run_script
 
 
 def test_fills_in_order_then_keeps_each_sample_with_probability_m_over_n() -> None:
@@ -94,9 +93,9 @@ def test_bad_input() -> None:
 
 
 @pytest.mark.slow
-def test_ddp_ranks_hold_the_buffer_of_a_single_reservoir_over_the_gathered_stream(tmp_path: Path) -> None:
-    run_script("ddp_buffer.py", str(tmp_path), free_port(), cwd=tmp_path)
-    r0, r1 = (torch.load(tmp_path / f"buffer{r}.pt") for r in (0, 1))
+@pytest.mark.xdist_group("ddp")
+def test_ddp_ranks_hold_the_buffer_of_a_single_reservoir_over_the_gathered_stream(ddp_suite: Path) -> None:
+    r0, r1 = (torch.load(ddp_suite / "buffer" / f"buffer{r}.pt") for r in (0, 1))
     for key in r0["state"]:
         assert torch.equal(r0["state"][key], r1["state"][key]), key
     held = set(r0["state"]["id"].tolist())

@@ -10,14 +10,14 @@ import torch
 from clfw import ContinualEvaluation, evaluate
 from clfw.backbones import MLP
 from clfw.strategies import Naive
-from clfw.testing import COMPANIONS, ContractError, check_replicas, compose, model_config, run_ddp
-from tests.helpers import TinyStream, run_script
+from clfw.testing import ContractError, check_replicas, ddp_results
+from tests.helpers import TinyStream
 
 
 @pytest.mark.slow
-def test_ddp_two_processes(tmp_path: Path) -> None:
-    run_script("ddp_fit.py", str(tmp_path), cwd=tmp_path)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+@pytest.mark.xdist_group("ddp")
+def test_ddp_two_processes(ddp_suite: Path) -> None:
+    r0, r1 = (torch.load(ddp_suite / "fit" / f"rank{r}.pt") for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
     for k in r0["state_dict"]:
         assert torch.equal(r0["state_dict"][k], r1["state_dict"][k]), f"replicas differ in {k}"
@@ -51,14 +51,14 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_every_strategy_under_ddp_keeps_identical_replicas(tmp_path: Path) -> None:
-    """clfw.testing's DDP check of every strategy, composed with Refresh and a replay memory, in one launch of the kit's
-    own script; a strategy whose state is rank-local, in the same launch, is caught."""
-    from tests.test_contract import NAMES, config
+@pytest.mark.xdist_group("ddp")
+def test_every_strategy_under_ddp_keeps_identical_replicas(ddp_suite: Path) -> None:
+    """clfw.testing's DDP check of every strategy, composed with Refresh and a replay memory, by the kit's own launch
+    script (run inside the suite's launch); a strategy whose state is rank-local, in the same launch, is caught."""
+    from tests.scripts.ddp_suite import contract_configs
+    from tests.test_contract import NAMES
 
-    configs = {name: compose(config(name), COMPANIONS) for name in NAMES}
-    configs["rank-local"] = model_config("tests.test_testing_kit.RankLocalState")
-    results = run_ddp(configs, tmp_path)
+    results = ddp_results(ddp_suite / "contract", list(contract_configs()))
     for name in NAMES:
         check_replicas(name, *results[name])
     with pytest.raises(ContractError, match=r"rank-local \[ddp\]: the replicas differ in indices_seen"):

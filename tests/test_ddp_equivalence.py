@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import run_script
 from tests.scripts.ddp_equivalence import main
 
 FAMILIES = ["Naive", "ER", "ERACE", "DER", "DERPP", "ICaRL", "GDumb", "AGEM", "EWC", "SI", "MAS", "LwF", "Refresh",
@@ -28,12 +27,14 @@ OUTPUTS = ("logits",)  # memory fields computed by the model: close, not identic
 
 
 @pytest.mark.slow
-def test_a_two_process_run_trains_on_the_one_process_runs_samples_and_ends_close_to_it(tmp_path: Path) -> None:
-    run_script("ddp_equivalence.py", str(tmp_path), "2", *FAMILIES, cwd=tmp_path)
+@pytest.mark.xdist_group("ddp")
+def test_a_two_process_run_trains_on_the_one_process_runs_samples_and_ends_close_to_it(
+    ddp_suite: Path, tmp_path: Path
+) -> None:
     main(str(tmp_path), 1, FAMILIES)
     for name in FAMILIES:
         one = torch.load(tmp_path / f"{name}_w1_rank0.pt", weights_only=False)
-        r0, r1 = (torch.load(tmp_path / f"{name}_w2_rank{r}.pt", weights_only=False) for r in (0, 1))
+        r0, r1 = (torch.load(ddp_suite / "equivalence" / f"{name}_w2_rank{r}.pt", weights_only=False) for r in (0, 1))
         assert len(one["steps"]) == len(r0["steps"]) == len(r1["steps"]) > 0, name
         for s, (a, b, joint) in enumerate(zip(r0["steps"], r1["steps"], one["steps"], strict=True)):
             assert a + b == joint, f"{name}: step {s} trained on other samples, or in another order"

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from clfw.module import _own_rng_states
-from tests.helpers import run_script
 from tests.scripts.ddp_resume_world import SAVE_AFTER, SEEDS, main
 from tests.test_ddp_equivalence import MEMORY, OUTPUTS
 
@@ -24,11 +23,11 @@ def _load(path: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_checkpoints_resume_across_world_sizes_mid_task(tmp_path: Path) -> None:
-    run_script("ddp_resume_world.py", str(tmp_path), "2", "start", *FAMILIES, cwd=tmp_path)
-    main(str(tmp_path), 1, "start", FAMILIES)
+@pytest.mark.xdist_group("ddp")
+def test_checkpoints_resume_across_world_sizes_mid_task(ddp_suite: Path) -> None:
+    # the suite's fixture ran the 1-process runs from the start, its launch both 2-process parts
+    tmp_path = ddp_suite / "resume_world"
     main(str(tmp_path), 1, "2", FAMILIES)
-    run_script("ddp_resume_world.py", str(tmp_path), "2", "1", *FAMILIES, cwd=tmp_path)
     for name in FAMILIES:
         for seed in SEEDS:
             tag = f"{name}_s{seed}"

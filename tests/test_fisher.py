@@ -9,7 +9,7 @@ from torch.nn import functional as F  # noqa: N812
 from clfw.backbones import MLP, SmallCNN
 from clfw.fisher import diagonal_fisher, output_sensitivity
 from clfw.strategies import Naive
-from tests.helpers import TinyStream, free_port, run_script
+from tests.helpers import TinyStream
 
 
 def setup_model(backbone: torch.nn.Module) -> tuple[Naive, TinyStream]:
@@ -91,9 +91,11 @@ def test_bad_input() -> None:
 
 
 @pytest.mark.slow
-def test_ddp_fisher_equals_the_single_process_fisher(tmp_path) -> None:
-    run_script("ddp_fisher.py", str(tmp_path), free_port(), cwd=tmp_path)
+@pytest.mark.xdist_group("ddp")
+def test_ddp_fisher_equals_the_single_process_fisher(ddp_suite) -> None:
     from tests.scripts.ddp_fisher import build
+
+    tmp_path = ddp_suite / "fisher"
 
     model, dm = build()
     data = [b._replace(x=b.x.double()) for b in dm.task_loader(0, "test")]

@@ -115,10 +115,9 @@ def test_preemption_arguments_are_checked() -> None:
 
 
 @pytest.mark.slow
-def test_under_ddp_a_signal_on_one_rank_stops_every_rank_at_the_same_step_with_one_checkpoint(tmp_path: Path) -> None:
-    from tests.helpers import run_script
-
-    run_script("ddp_preemption.py", str(tmp_path), cwd=tmp_path)
+@pytest.mark.xdist_group("ddp")
+def test_under_ddp_a_signal_on_one_rank_stops_every_rank_at_the_same_step_with_one_checkpoint(ddp_suite: Path) -> None:
+    tmp_path = ddp_suite / "preemption"
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["step"] for r in ranks] == [4, 4], "both ranks stop at the first sync step after the signal"
     assert all(r["stopped"] and "after step 4" in r["stopped"] for r in ranks)

@@ -244,11 +244,9 @@ def test_boundary_free_strategies_run_without_boundaries(name: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_rank_local_nan_stops_every_ddp_rank_at_the_same_step(tmp_path: Path) -> None:
-    from tests.helpers import run_script
-
-    run_script("ddp_nan.py", str(tmp_path), cwd=tmp_path)
-    texts = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+@pytest.mark.xdist_group("ddp")
+def test_a_rank_local_nan_stops_every_ddp_rank_at_the_same_step(ddp_suite: Path) -> None:
+    texts = [(ddp_suite / "nan" / f"rank{rank}.txt").read_text() for rank in (0, 1)]
     assert "task 1, global step 5: the loss of another rank is not finite" in texts[0], texts[0]
     assert "task 1, global step 5: loss term 'rank_local' is not finite" in texts[1], texts[1]
 

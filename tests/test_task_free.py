@@ -156,11 +156,9 @@ def test_the_seen_classes_ride_in_checkpoints_and_a_resume_is_bit_exact(tmp_path
 
 
 @pytest.mark.slow
-def test_the_seen_classes_are_the_same_on_every_ddp_rank(tmp_path: Path) -> None:
-    from tests.helpers import run_script
-
-    run_script("ddp_task_free.py", str(tmp_path), cwd=tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+@pytest.mark.xdist_group("ddp")
+def test_the_seen_classes_are_the_same_on_every_ddp_rank(ddp_suite: Path) -> None:
+    ranks = [torch.load(ddp_suite / "task_free" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert ranks[0]["seen"] == ranks[1]["seen"] and len(ranks[0]["seen"]) == ranks[0]["steps"]
     local = [r["local"] for r in ranks]  # each rank's own labels so far: the all-reduce adds the other rank's
     assert any(set(a) != set(b) for a, b in zip(*local, strict=True)), "the ranks never saw different classes"

@@ -84,7 +84,12 @@ class RankLocalState(Naive):
 @pytest.mark.parametrize(
     ("strategy", "check", "match"),
     [
-        (ForgetsItsStepCount, "resume", r"\[resume\]: resumed from step 15, the accuracy matrix .* differs"),
+        (  # the matrix or, where the tiny run's matrices coincide, the weights: which depends on float rounding
+            ForgetsItsStepCount,
+            "resume",
+            r"\[resume\]: (resumed from step 15, the accuracy matrix .* differs|after a resume, state_dict entry .* "
+            r"differs from the uninterrupted run's \(resumed from step 15\))",
+        ),
         (LeavesEvalMode, "hygiene", r"\[hygiene\]: at training step \d+ .* train/eval flags differ"),
         (CountsPredictions, "hygiene", r"\[hygiene\]: evaluation changed the state: predicted"),
         (OwnTrainingStep, "composition", r"\[composition\]: .* loss_terms and before_optimizer_step ran \(0, 0, 4\)"),

@@ -337,7 +337,7 @@ def _check_hygiene(run: _Run, label: str) -> None:
     flags = _flags(module)
     batch = dm.stream.tasks[-1].test.batch(torch.arange(8), dm.eval_transform())
     with torch.no_grad():
-        scores = [module.predict(batch.x, batch.task) for _ in range(2)]
+        scores = [module.class_scores(batch.x, batch.task) for _ in range(2)]
     if _flags(module) != flags:
         raise _fail(label, "predict switched train/eval flags: it must leave the modes as the caller set them")
     if scores[0].shape != (8, dm.stream.num_classes) or torch.isnan(scores[0]).any():
@@ -542,6 +542,13 @@ def run_ddp(
     )  # fmt: skip
     if proc.returncode != 0:
         raise ContractError(f"the 2-process DDP run of {names} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return ddp_results(out, names)
+
+
+def ddp_results(outdir: str | os.PathLike[str], names: list[str]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """What each rank of a finished ``python -m clfw.testing.ddp`` launch in ``outdir`` ended with, by name (the
+    configs' names in the order of its configs file); :func:`run_ddp` returns it."""
+    out = Path(outdir)
     return {
         name: (
             torch.load(out / f"{i}_rank0.pt", weights_only=False),

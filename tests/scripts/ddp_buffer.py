@@ -1,25 +1,20 @@
 """Two gloo processes each offer their own shard of a stream to a ReservoirBuffer; each saves its buffers to OUTDIR
 (a ReservoirBuffer, then a ClassBalancedBuffer).
 
-Run as ``python tests/scripts/ddp_buffer.py OUTDIR PORT``. Rank r offers stream[r::2] in batches of 10, as a sharded
-training loader would.
+A job of ``tests/scripts/ddp_suite.py`` (which provides the process group). Rank r offers stream[r::2] in batches of
+10, as a sharded training loader would.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from clfw.buffers import ClassBalancedBuffer, ReservoirBuffer
 
 
-def worker(rank: int, world: int, outdir: str, port: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def main(outdir: str) -> None:
+    rank, world = dist.get_rank(), dist.get_world_size()
     buf = ReservoirBuffer(capacity=16, seed=5)
     stream = torch.arange(200)
     mine = stream[rank::world]
@@ -34,8 +29,3 @@ def worker(rank: int, world: int, outdir: str, port: str) -> None:
     torch.save(
         {"state": buf.state_dict(), "replay": replay, "balanced": balanced.state_dict()}, f"{outdir}/buffer{rank}.pt"
     )
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    mp.spawn(worker, args=(2, sys.argv[1], sys.argv[2]), nprocs=2, join=True)
