@@ -126,6 +126,10 @@ class ImageFileStream(ContinualDataModule):
     def replay_inputs(self, stored: Tensor) -> Tensor:
         return super().replay_inputs(grow_images(stored, self.stored_image_size))
 
+    @override
+    def stored_eval_inputs(self, stored: Tensor) -> Tensor:
+        return super().stored_eval_inputs(grow_images(stored, self.stored_image_size))
+
 
 def _has_images(folder: str) -> bool:
     return any(f.lower().endswith(EXTENSIONS) for f in os.listdir(folder))

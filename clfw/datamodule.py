@@ -207,6 +207,12 @@ class ContinualDataModule(pl.LightningDataModule):
         streams), which changes results; :meth:`replay_inputs` turns it back into model inputs."""
         return raw
 
+    def stored_eval_inputs(self, stored: Tensor) -> Tensor:
+        """Model inputs from what a replay memory stored, without augmentation or random draws: :meth:`eval_transform`
+        applied to it (for statistics of the memory under the current model: class means, layer inputs)."""
+        transform = self.eval_transform()
+        return transform(stored) if transform is not None else stored
+
     def replay_inputs(self, stored: Tensor) -> Tensor:
         """Model inputs from what a replay memory stored: :meth:`train_transform` applied to it."""
         if self._replay_transform is None:  # built once per epoch (train_dataloader resets it), not per replayed batch

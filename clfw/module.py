@@ -234,6 +234,11 @@ class ContinualModule(pl.LightningModule):
         restoring a compact copy, :meth:`~clfw.ContinualDataModule.replay_inputs`)."""
         return self.datamodule.replay_inputs(raw)
 
+    def stored_eval_inputs(self, stored: Tensor) -> Tensor:
+        """Stored raw inputs as evaluation inputs: the datamodule's eval transform, no augmentation, no random draw
+        (:meth:`~clfw.ContinualDataModule.stored_eval_inputs`)."""
+        return self.datamodule.stored_eval_inputs(stored)
+
     def raw_inputs(self, batch: Batch) -> Tensor:
         """The untransformed, compact inputs of a training batch (what replay memories store): the exact sample, or
         the stream's compact copy of it if it opts into one (:meth:`~clfw.ContinualDataModule.memory_inputs`)."""

@@ -2,6 +2,7 @@
 behaviours that combine with any strategy (regularizers such as EWC)."""
 
 from clfw.strategies.agem import AGEM
+from clfw.strategies.clser import CLSER
 from clfw.strategies.coda_prompt import CODAPrompt
 from clfw.strategies.cumulative import Cumulative
 from clfw.strategies.der import DER
@@ -11,18 +12,23 @@ from clfw.strategies.er import ER
 from clfw.strategies.er_ace import ERACE
 from clfw.strategies.ewc import EWC
 from clfw.strategies.gdumb import GDumb
+from clfw.strategies.gradient_projection import GradientProjection
 from clfw.strategies.icarl import ICaRL
 from clfw.strategies.joint import Joint
 from clfw.strategies.l2p import L2P
+from clfw.strategies.lpr import LayerwiseProximalReplay
+from clfw.strategies.lr_warmup import LRWarmup
 from clfw.strategies.lwf import LwF
 from clfw.strategies.mas import MAS
 from clfw.strategies.naive import Naive
+from clfw.strategies.nearest_mean import NearestMeanHead
 from clfw.strategies.refresh import Refresh
 from clfw.strategies.si import SI
 from clfw.strategies.vit_baseline import ViTBaseline
 
 __all__ = [
     "AGEM",
+    "CLSER",
     "DER",
     "DERPP",
     "ER",
@@ -35,10 +41,14 @@ __all__ = [
     "Cumulative",
     "DualPrompt",
     "GDumb",
+    "GradientProjection",
     "ICaRL",
     "Joint",
+    "LRWarmup",
+    "LayerwiseProximalReplay",
     "LwF",
     "Naive",
+    "NearestMeanHead",
     "Refresh",
     "ViTBaseline",
 ]

@@ -104,7 +104,12 @@ class CLSER(ER):
 
     @override
     def after_optimizer_step(self) -> None:
-        step = self.trainer.global_step + 1  # Lightning counts this step once the hook returns
+        self.update_ema_models(self.trainer.global_step + 1)  # Lightning counts this step once the hook returns
+
+    def update_ema_models(self, step: int) -> None:
+        """The stochastic updates after optimizer step ``step`` (1 for the first): the draws ``u_P, u_S`` are
+        ``torch.rand(2)`` of :func:`~clfw.seeding.derived_generator` ``(ema_seed, step)``; a model updates if its draw
+        is below its frequency."""
         draws = torch.rand(2, generator=derived_generator(self.ema_seed, step)).tolist()
         for (name, (freq, alpha)), u in zip(self.rates.items(), draws, strict=True):
             if u < freq:

@@ -92,7 +92,7 @@ class NearestMeanHead(Plugin):
         sums = torch.zeros(classes, dim, device=module.head.weight.device)
         counts = torch.zeros(classes, device=sums.device)
         for start in range(0, n, 256):
-            x = module.replay_inputs(memory.x[start : min(n, start + 256)])
+            x = module.stored_eval_inputs(memory.x[start : min(n, start + 256)])
             y = memory.y[start : min(n, start + 256)].to(sums.device)
             sums.index_add_(0, y, self._features(module, x).to(sums.dtype))
             counts += torch.bincount(y, minlength=classes).to(counts.dtype)

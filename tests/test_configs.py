@@ -27,6 +27,9 @@ TINY = ["--data.n_tasks=2", "--data.epochs_per_task=1", "--trainer.limit_train_b
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter is intended")
 
 
+NEEDS_MEMORY = {f"configs/plugins/{name}.yaml" for name in ("gradient_projection", "nearest_mean", "lpr")}  # on ER
+
+
 def composed(config: str) -> list[str]:
     """``--config`` arguments: ``config`` after the files that complete it."""
     top = yaml.safe_load((ROOT / config).read_text()) or {}
@@ -39,7 +42,7 @@ def composed(config: str) -> list[str]:
         if "data" not in top:
             base.append("configs/data/split_mnist.yaml")
     if "class_path" not in (top.get("model") or {}) and "model" not in _keys(base):
-        base.append("configs/model/naive.yaml")
+        base.append("configs/model/er.yaml" if config in NEEDS_MEMORY else "configs/model/naive.yaml")
     return [arg for path in [*base, config] for arg in ("--config", str(ROOT / path))]
 
 

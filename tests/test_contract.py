@@ -43,14 +43,31 @@ TINY_KWARGS: dict[str, dict[str, Any]] = {  # init_args as in a config file; clf
     "DualPrompt": {**TINY_VIT, "g_length": 2, "g_layers": [0], "e_pool_size": 2, "e_length": 2, "e_layers": [1, 2]},
     "CODAPrompt": {**TINY_VIT, "pool_size": 4, "prompt_length": 2, "layers": [0, 1], "ortho_weight": 0.1},
     "ViTBaseline": {**TINY_VIT, "finetune": True},
+    "CLSER": {"buffer_size": 20, "replay_batch_size": 4, "consistency_weight": 0.5, "stable_update_freq": 0.7},
+    "GradientProjection": {"sample_size": 8},  # a Plugin: tested on ER (needs its memory)
+    "LRWarmup": {"warmup_steps": 3},  # a Plugin: tested on Naive
+    "NearestMeanHead": {"source": "memory"},  # a Plugin: tested on ER (needs its memory)
+    "LayerwiseProximalReplay": {"omega_0": 1.0, "every_n_steps": 2},  # a Plugin: tested on ER (needs its memory)
 }
 NAMES = sorted(clfw.strategies.__all__)
+ER_HOST: dict[str, Any] = {"class_path": "clfw.strategies.ER", "init_args": TINY_KWARGS["ER"]}
+PLUGIN_HOSTS: dict[str, dict[str, Any]] = {  # plugins that need a replay memory: on ER (default host: Naive)
+    "GradientProjection": ER_HOST,
+    "LayerwiseProximalReplay": ER_HOST,
+    "NearestMeanHead": ER_HOST,
+}
 SINGLE_PROCESS_CHECKS = ("resume", "scenarios", "hygiene", "composition")  # "ddp": tests/test_ddp.py
 
 
 def config(name: str) -> dict[str, Any]:
-    """The model config of ``name`` with its tiny arguments (a plugin such as EWC is attached to Naive)."""
-    return model_config(f"clfw.strategies.{name}", TINY_KWARGS[name])
+    """The model config of ``name`` with its tiny arguments (a plugin such as EWC is attached to Naive, one that needs
+    a replay memory to ER)."""
+    return model_config(f"clfw.strategies.{name}", TINY_KWARGS[name], plugin_host=host(name))
+
+
+def host(name: str) -> str | dict[str, Any]:
+    """The strategy the plugin ``name`` is attached to in the checks."""
+    return PLUGIN_HOSTS.get(name, "clfw.strategies.Naive")
 
 
 def make(name: str) -> ContinualModule:
@@ -67,7 +84,13 @@ def test_every_strategy_has_an_entry() -> None:
 def test_strategy_passes_the_contract_checks(name: str, tmp_path: Path) -> None:
     """Every supported scenario, train/eval hygiene, composition with Refresh and a replay memory, and a bit-identical
     resume from the middle of task 1 (clfw.testing.check_strategy)."""
-    check_strategy(f"clfw.strategies.{name}", TINY_KWARGS[name], checks=SINGLE_PROCESS_CHECKS, tmp_path=tmp_path)
+    check_strategy(
+        f"clfw.strategies.{name}",
+        TINY_KWARGS[name],
+        checks=SINGLE_PROCESS_CHECKS,
+        tmp_path=tmp_path,
+        plugin_host=host(name),
+    )
 
 
 @pytest.mark.parametrize(

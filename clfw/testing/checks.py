@@ -101,7 +101,10 @@ def _accepted_arguments(cls: type) -> frozenset[str]:
 
 
 def model_config(
-    strategy: str | type, init_args: Mapping[str, Any] | None = None, *, plugin_host: str | type = PLUGIN_HOST
+    strategy: str | type,
+    init_args: Mapping[str, Any] | None = None,
+    *,
+    plugin_host: str | type | Mapping[str, Any] = PLUGIN_HOST,
 ) -> dict[str, Any]:
     """The model config (``class_path``, ``init_args``) the checks build for ``strategy``.
 
@@ -111,7 +114,8 @@ def model_config(
         init_args: The strategy's (or plugin's) tiny arguments as in a config file (JSON values; nested objects as
             ``{"class_path": ..., "init_args": ...}``). :data:`TINY_DEFAULTS` fills ``backbone`` and ``optimizer``
             when the model takes them and they are not given.
-        plugin_host: Class path (or class) of the strategy a plugin is attached to.
+        plugin_host: Class path (or class) of the strategy a plugin is attached to, or its model config
+            (``class_path``, ``init_args``: a replay strategy with tiny arguments for a plugin that needs a memory).
     """
     path, args = _class_path(strategy), dict(init_args or {})
     try:
@@ -121,7 +125,11 @@ def model_config(
     cls = import_class(path)
     if issubclass(cls, Plugin):
         plugin = {"class_path": path, "init_args": args}
-        config = {"class_path": _class_path(plugin_host), "init_args": {"plugins": [plugin]}}
+        if isinstance(plugin_host, Mapping):
+            host_args = copy.deepcopy(dict(plugin_host.get("init_args") or {}))
+            config = {"class_path": plugin_host["class_path"], "init_args": {**host_args, "plugins": [plugin]}}
+        else:
+            config = {"class_path": _class_path(plugin_host), "init_args": {"plugins": [plugin]}}
         cls = import_class(config["class_path"])
     elif issubclass(cls, ContinualModule):
         config = {"class_path": path, "init_args": args}
@@ -412,7 +420,7 @@ def check_strategy(
     init_args: Mapping[str, Any] | None = None,
     *,
     checks: Sequence[str] = CHECKS,
-    plugin_host: str | type = PLUGIN_HOST,
+    plugin_host: str | type | Mapping[str, Any] = PLUGIN_HOST,
     compose_with: Sequence[Mapping[str, Any]] = COMPANIONS,
     tmp_path: str | os.PathLike[str] | None = None,
 ) -> None:
@@ -440,7 +448,7 @@ def check_strategy(
             importable by that path (for ``"ddp"``, in a fresh process from the same ``sys.path``).
         init_args: Its tiny arguments, as in a config file (see :func:`model_config`).
         checks: Which checks to run (names from :data:`CHECKS`).
-        plugin_host: The strategy a plugin under test is attached to.
+        plugin_host: The strategy a plugin under test is attached to (class path, class, or model config).
         compose_with: Plugin configs appended for the composition and DDP checks (``()``: the bare model under DDP).
         tmp_path: Folder for run directories and checkpoints (default: a temporary folder, deleted afterwards).
     """

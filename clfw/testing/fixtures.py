@@ -154,12 +154,19 @@ def assert_same_state(a: dict[str, Any], b: dict[str, Any], label: str = "") -> 
         raise AssertionError(f"{label} keys differ: only in the first {sorted(a.keys() - b.keys())}, only in the "
                              f"second {sorted(b.keys() - a.keys())}")  # fmt: skip
     for k in a:
-        if isinstance(a[k], Tensor):
-            same = isinstance(b[k], Tensor) and a[k].shape == b[k].shape and torch.equal(a[k], b[k])
-        else:
-            same = a[k] == b[k]
-        if not same:
+        if not _same(a[k], b[k]):
             raise AssertionError(f"{label} {k}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values: tensors bit for bit (also inside dicts, lists and tuples of extra state), others by ``==``."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 class ReplayPlugin(Plugin):
