@@ -35,14 +35,23 @@ def _only_canonical_import_names():
 @pytest.fixture(scope="session")
 def ddp_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of the suite's one 2-process DDP launch (``tests/scripts/ddp_suite.py``): ``<folder>/<job>`` holds
-    each job's files. Tests that use it carry ``@pytest.mark.xdist_group("ddp")``, so that one pytest-xdist worker runs
-    them all and the launch happens once."""
+    each job's files. Under pytest-xdist the workers share it: the first worker that needs it launches, under a file
+    lock, and the others wait for it (the tests also carry ``@pytest.mark.xdist_group("ddp")``)."""
+    from filelock import FileLock
+
     from tests.helpers import run_script
     from tests.scripts.ddp_resume_world import main as resume_world
     from tests.test_ddp_resume_world import FAMILIES
 
-    out = tmp_path_factory.mktemp("ddp_suite")
-    (out / "resume_world").mkdir()
-    resume_world(str(out / "resume_world"), 1, "start", FAMILIES)  # the checkpoints the launch resumes on 2 processes
-    run_script("ddp_suite.py", str(out), cwd=out)
+    shared = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        shared = shared.parent  # the session's folder, above each worker's own
+    out, done = shared / "ddp_suite", shared / "ddp_suite.done"
+    with FileLock(str(shared / "ddp_suite.lock")):
+        if not done.exists():
+            out.mkdir(exist_ok=True)
+            (out / "resume_world").mkdir(exist_ok=True)
+            resume_world(str(out / "resume_world"), 1, "start", FAMILIES)  # the checkpoints the launch resumes
+            run_script("ddp_suite.py", str(out), cwd=out)
+            done.touch()
     return out
