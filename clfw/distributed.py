@@ -29,11 +29,9 @@ def average_across_ranks(tensors: list[Tensor]) -> None:
     size = world()[1]
     if size == 1 or not tensors:
         return
-    flat = torch.cat([t.flatten() for t in tensors])
-    dist.all_reduce(flat)
-    flat /= size
-    for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
-        t.copy_(part.view_as(t))
+    sum_across_ranks(tensors)
+    for t in tensors:
+        t.div_(size)
 
 
 def sum_across_ranks(tensors: list[Tensor]) -> None:

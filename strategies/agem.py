@@ -12,6 +12,7 @@ from typing_extensions import override
 from clfw import ContinualModule
 from clfw.buffers import ReservoirBuffer
 from clfw.distributed import average_across_ranks
+from clfw.plugins import split_like
 
 
 class AGEM(ContinualModule):
@@ -48,14 +49,17 @@ class AGEM(ContinualModule):
             )
 
     @staticmethod
-    def project(g: Tensor, g_ref: Tensor) -> Tensor:
-        """A-GEM's projection of the flat gradient ``g`` against ``g_ref``: unchanged unless they conflict.
+    def project(g: Tensor, g_ref: Tensor, eps: float = 0.0) -> Tensor:
+        """A-GEM's projection of the flat gradient ``g`` against ``g_ref``: ``g`` itself unless ``g . g_ref < 0``, else
+        ``g - (g . g_ref / (g_ref . g_ref + eps)) g_ref``.
 
         >>> AGEM.project(torch.tensor([1.0, -1.0]), torch.tensor([0.0, 1.0])).tolist()
         [1.0, 0.0]
+        >>> AGEM.project(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 2.0])).tolist()
+        [1.0, 1.0]
         """
         dot = torch.dot(g, g_ref)
-        return g - (dot / torch.dot(g_ref, g_ref)) * g_ref if dot < 0 else g
+        return g - (dot / (torch.dot(g_ref, g_ref) + eps)) * g_ref if dot < 0 else g
 
     @override
     def on_task_end(self, task: int) -> None:
@@ -70,17 +74,25 @@ class AGEM(ContinualModule):
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if not len(self.buffer):
             return
-        params = [p for p in self.trainable_parameters() if p.grad is not None]
-        memory = self.buffer.sample(self.sample_size)
-        with torch.enable_grad():
-            logits = self.masked(self(self.replay_inputs(memory["x"])), memory["task"])
-            ref = torch.autograd.grad(F.cross_entropy(logits, memory["y"]), params, allow_unused=True)
-        g_ref = torch.cat(
-            [(r if r is not None else torch.zeros_like(p)).flatten() for r, p in zip(ref, params, strict=True)]
-        )
-        average_across_ranks([g_ref])
-        g = torch.cat([p.grad.flatten() for p in params])
-        projected = self.project(g, g_ref)
-        if projected is not g:
-            for p, new in zip(params, projected.split([p.numel() for p in params]), strict=True):
-                p.grad.copy_(new.view_as(p.grad))
+        project_gradients(self, self.buffer.sample(self.sample_size))
+
+
+def project_gradients(module: ContinualModule, memory: dict[str, Tensor], eps: float = 0.0) -> bool:
+    """A-GEM's step on the final gradients of ``module``'s trainable parameters: ``g_ref`` is the gradient of the
+    cross-entropy (masked as the scenario masks) on the drawn ``memory`` samples, averaged across DDP ranks, and the
+    gradients are replaced by :meth:`AGEM.project` of them against it. Returns whether they were projected."""
+    params = [p for p in module.trainable_parameters() if p.grad is not None]
+    with torch.enable_grad():
+        logits = module.masked(module(module.replay_inputs(memory["x"])), memory["task"])
+        ref = torch.autograd.grad(F.cross_entropy(logits, memory["y"]), params, allow_unused=True)
+    g_ref = torch.cat(
+        [(r if r is not None else torch.zeros_like(p)).flatten() for r, p in zip(ref, params, strict=True)]
+    )
+    average_across_ranks([g_ref])
+    g = torch.cat([p.grad.flatten() for p in params])
+    projected = AGEM.project(g, g_ref, eps)
+    if projected is g:
+        return False
+    for p, new in zip(params, split_like(projected, params), strict=True):
+        p.grad.copy_(new)
+    return True

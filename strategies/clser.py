@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.nn import functional as F  # noqa: N812
 from typing_extensions import override
 
-from clfw import Batch, ContinualModule
+from clfw import ContinualModule
 from clfw.evaluation import eval_mode
 from clfw.seeding import derived_generator
 from clfw.strategies.er import ER
@@ -77,20 +77,9 @@ class CLSER(ER):
             self.stable = self.copy_model(frozen=True)
 
     @override
-    def training_loss(self, batch: Batch) -> dict[str, Tensor]:
-        if not len(self.buffer):
-            return super().training_loss(batch)
-        n = len(batch.y)
-        memory = self.buffer.sample(self.replay_batch_size)
-        replay_x = self.replay_inputs(memory["x"])
-        x, y = torch.cat([batch.x, replay_x]), torch.cat([batch.y, memory["y"]])
-        task = torch.cat([batch.task, memory["task"]])
-        logits = self(x)
-        loss = F.cross_entropy(self.masked(logits, task), y)
-        target = self.consistency_target(replay_x, memory["y"], memory["task"])
-        consistency = self.consistency_weight * F.mse_loss(logits[n:], target)
-        self.buffer.add(x=self.raw_inputs(batch), y=batch.y, task=batch.task)
-        return {"loss": loss + consistency, "clser": consistency, "logits": logits[:n]}
+    def replay_terms(self, x: Tensor, memory: dict[str, Tensor], logits: Tensor) -> dict[str, Tensor]:
+        target = self.consistency_target(x, memory["y"], memory["task"])
+        return {"clser": self.consistency_weight * F.mse_loss(logits, target)}
 
     def consistency_target(self, x: Tensor, y: Tensor, task: Tensor) -> Tensor:
         """Per sample, the logits of the plastic or the stable model, whichever is more confident in the label ``y``

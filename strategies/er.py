@@ -41,11 +41,21 @@ class ER(ContinualModule):
     @override
     def training_loss(self, batch: Batch) -> dict[str, Tensor]:
         x, y, task = batch.x, batch.y, batch.task
+        terms: dict[str, Tensor] = {}
         if len(self.buffer):
             memory = self.buffer.sample(self.replay_batch_size)
             replay_x = self.replay_inputs(memory["x"])
             x, y, task = torch.cat([x, replay_x]), torch.cat([y, memory["y"]]), torch.cat([task, memory["task"]])
         logits = self(x)
         loss = F.cross_entropy(self.masked(logits, task), y)
+        if len(x) > len(batch.y):
+            terms = self.replay_terms(replay_x, memory, logits[len(batch.y) :])
         self.buffer.add(x=self.raw_inputs(batch), y=batch.y, task=batch.task)
-        return {"loss": loss, "logits": logits[: len(batch.y)]}
+        for term in terms.values():
+            loss = loss + term
+        return {"loss": loss, **terms, "logits": logits[: len(batch.y)]}
+
+    def replay_terms(self, x: Tensor, memory: dict[str, Tensor], logits: Tensor) -> dict[str, Tensor]:
+        """Extra loss terms on the replayed samples (their model inputs ``x``, the drawn ``memory`` fields, and their
+        raw ``logits`` from the joint forward), added to the loss and logged: none for ER (CLS-ER's consistency)."""
+        return {}

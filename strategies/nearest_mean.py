@@ -12,6 +12,7 @@ from typing_extensions import override
 from clfw import Batch, ContinualModule, Plugin
 from clfw.buffers import Memory, replay_memory
 from clfw.distributed import sum_across_ranks
+from clfw.evaluation import eval_mode
 
 Source = Literal["memory", "running"]
 
@@ -65,13 +66,8 @@ class NearestMeanHead(Plugin):
     def before_training_step(self, module: ContinualModule, batch: Batch) -> None:
         if self.source != "running":
             return
-        modes = [m.training for m in module.modules()]
-        try:
-            with torch.no_grad():
-                features = self._features(module.eval(), batch.x)
-        finally:
-            for m, mode in zip(module.modules(), modes, strict=True):
-                m.training = mode
+        with torch.no_grad(), eval_mode(module):
+            features = self._features(module, batch.x)
         sums = torch.zeros_like(self.sums).index_add_(0, batch.y, features.to(self.sums.dtype))
         counts = torch.bincount(batch.y, minlength=len(self.counts)).to(self.counts.dtype)
         sum_across_ranks([sums, counts])
