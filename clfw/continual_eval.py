@@ -42,6 +42,8 @@ class ContinualEvaluation(ContinualCallback):
         windows: Window sizes, in evaluation steps, of windowed forgetting and plasticity.
         tolerance: Accuracy within which a task counts as recovered after the stability gap (0.01 = 1 point).
         seed: Seed of the subsample.
+        split: Evaluate on each task's ``"test"`` split or on its ``"val"`` split (``data.val_fraction > 0``), to choose
+            hyperparameters by the stability gap without looking at test data. Recorded in ``metrics.json``.
         batch_size: Samples per forward pass (``None``: all evaluated samples at once).
         plot: Save ``stability_gap.png`` (per-task curves, task boundaries, minima) in the run directory at the end, and
             hand it to loggers that take images.
@@ -55,6 +57,7 @@ class ContinualEvaluation(ContinualCallback):
         windows: list[int] | None = None,
         tolerance: float = 0.01,
         seed: int = 0,
+        split: Literal["test", "val"] = "test",
         batch_size: int | None = None,
         plot: bool = True,
     ) -> None:
@@ -64,10 +67,12 @@ class ContinualEvaluation(ContinualCallback):
             raise ValueError(f"samples_per_task must be >= 1, got {samples_per_task}")
         if tasks not in ("seen", "all"):
             raise ValueError(f"tasks must be 'seen' or 'all', got {tasks!r}")
+        if split not in ("test", "val"):
+            raise ValueError(f"split must be 'test' or 'val', got {split!r}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         self.every_n_steps, self.samples_per_task, self.tasks = every_n_steps, samples_per_task, tasks
-        self.seed, self.batch_size, self.plot = seed, batch_size, plot
+        self.seed, self.split, self.batch_size, self.plot = seed, split, batch_size, plot
         self.tracker = StabilityTracker(windows if windows is not None else (10, 100), tolerance)
         self.last: dict[str, float | None] = {}
         self._last_step = -1
@@ -87,9 +92,15 @@ class ContinualEvaluation(ContinualCallback):
             return
         dm = trainer.datamodule
         stream, transform = dm.stream, dm.eval_transform()  # type: ignore[union-attr]
+        splits = [getattr(task, self.split) for task in stream.tasks]
+        if any(data is None for data in splits):
+            raise ValueError(
+                f"ContinualEvaluation(split={self.split!r}): the stream has no {self.split} split; "
+                "set data.val_fraction > 0 (e.g. 0.1) to hold one out of the training data"
+            )
         xs, ys, ts, self._offsets = [], [], [], [0]
-        for task, pick in zip(stream.tasks, self.subsample_positions([len(t.test) for t in stream.tasks]), strict=True):
-            batch = task.test.batch(shard(pick, trainer.global_rank, trainer.world_size, pad=False), transform)
+        for data, pick in zip(splits, self.subsample_positions([len(d) for d in splits]), strict=True):
+            batch = data.batch(shard(pick, trainer.global_rank, trainer.world_size, pad=False), transform)
             xs.append(batch.x)
             ys.append(batch.y)
             ts.append(batch.task)
@@ -216,6 +227,7 @@ class ContinualEvaluation(ContinualCallback):
                 "every_n_steps": self.every_n_steps,
                 "samples_per_task": self.samples_per_task,
                 "tasks": self.tasks,
+                "split": self.split,
                 "windows": list(tr.windows),
                 "tolerance": tr.tolerance,
                 "steps": tr.steps,

@@ -74,6 +74,50 @@ def stability_gap_figure(
     return fig
 
 
+def gap_comparison_figure(curves: dict[str, dict[int, dict]], tasks: Sequence[int], title: str = "") -> Figure:
+    """One panel per task in ``tasks`` (two per row): each row's mean accuracy on that task around and after the end
+    of its training (from a quarter of the next task's length before it to the end of the next task), with a band of
+    one standard deviation over seeds and the task's end as a vertical line: several strategies' stability gaps side by
+    side.
+
+    Args:
+        curves: Row label -> task -> :func:`clfw.compare.mean_curve` of that row's runs.
+        tasks: The tasks to draw, one panel each.
+        title: Figure title (e.g. the stream).
+    """
+    n_cols = min(2, len(tasks))
+    n_rows = -(-len(tasks) // n_cols)
+    fig = Figure(figsize=(5.0 * n_cols + 2.4, 3.4 * n_rows + (0.4 if title else 0)))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).reshape(-1)
+    for ax, task in zip(axes, tasks, strict=False):
+        first = next(iter(curves.values()))[task]
+        end = first["end"]
+        stop = first["next_end"] if first["next_end"] is not None else first["steps"][-1]
+        start = end - (stop - end) // 4 if end is not None else first["steps"][0]
+        for k, (label, by_task) in enumerate(curves.items()):
+            c = by_task[task]
+            pts = [(s, m, d) for s, m, d in zip(c["steps"], c["mean"], c["std"], strict=True) if start <= s <= stop]
+            xs, means, stds = (list(v) for v in zip(*pts, strict=True))
+            color = f"C{k % 10}"
+            ax.plot(xs, means, color=color, lw=1.0, label=f"{label} (n={c['n']})")
+            low = [m - d for m, d in zip(means, stds, strict=True)]
+            high = [m + d for m, d in zip(means, stds, strict=True)]
+            ax.fill_between(xs, low, high, color=color, alpha=0.12, lw=0)
+        if end is not None:
+            ax.axvline(end, color="grey", lw=0.8, ls=":")
+        after = f": task {task + 1} starts after step {end}" if end is not None else ""
+        ax.set_title(f"task {task}{after}", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("accuracy (%), mean ± std")
+    for ax in axes[len(tasks) :]:
+        ax.set_visible(False)
+    axes[n_cols - 1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def save_and_log(trainer: pl.Trainer, fig: Figure, directory: str, name: str) -> str:
     """Saves ``fig`` as ``<directory>/<name>.png`` and sends it to every logger that takes images."""
     path = os.path.join(directory, f"{name}.png")

@@ -2,6 +2,12 @@
 
     clfw-seeds --seeds 0 1 2 --out results/naive -- --config configs/quickstart.yaml --model Naive
     clfw-seeds --aggregate results/naive results/joint --table results/table.md
+    clfw-seeds --aggregate results/er results/er_lpr --figure gap.png --gap-tasks 1 --table gap.md
+
+With per-iteration curves (``clfw.ContinualEvaluation`` in the runs), the stability gap is compared too (see
+``clfw.compare``): a table of ACC, min-ACC, WC-ACC, gap depth, recovery steps and gaps not recovered, a table per task,
+and with ``--figure`` one panel per task (``--gap-tasks``, default every task with a successor) of each row's mean
+curve with a one-std band over seeds.
 
 Each seed runs ``clfw fit <args> --seed_everything S --data.seed S`` in a subprocess, with a CSV logger writing to
 ``OUT/seed_S/`` (so ``metrics.json`` lands there) and the output in ``OUT/seed_S.log``. The table is generated from
@@ -27,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clfw.checkpoint import config_differences
+from clfw.compare import gap_summary, gap_tables, mean_curve
 
 # (label, path into metrics.json), in table order
 COLUMNS: list[tuple[str, tuple[str, ...]]] = [
@@ -265,6 +272,50 @@ def _name(directory: str) -> str:
     return os.path.basename(os.path.normpath(directory))
 
 
+def gap_section(
+    collected: dict[str, SeedRuns],
+    stats: dict[str, dict[str, dict[str, float | int | None]]],
+    figure: str | None,
+    tasks: Sequence[int] | None,
+    title: str,
+    tolerance: float | None = None,
+) -> tuple[str, dict[str, dict[str, Any]]] | None:
+    """The stability-gap tables (and the figure, if asked) of rows whose runs all hold per-iteration curves; ``None``
+    if a row's do not (then asking for a figure is refused with ``ValueError``)."""
+    runs = {name: list(c.runs.values()) for name, c in collected.items()}
+    without = [name for name, rs in runs.items() if not all((m.get("continual") or {}).get("steps") for m in rs)]
+    if without:
+        if figure:
+            raise ValueError(f"--figure needs per-iteration curves (clfw.ContinualEvaluation), missing in {without}")
+        return None
+    summaries = {name: gap_summary(rs, name, tolerance) for name, rs in runs.items()}
+    tolerances = {s["tolerance"] for s in summaries.values()}
+    if len(tolerances) > 1:
+        raise ValueError(f"the rows counted recovery with different tolerances {sorted(map(str, tolerances))}")
+    tol = next(iter(tolerances))
+    text = gap_tables(summaries, stats) + (
+        "\n\nGap depth: a task's accuracy at the end of its training minus its minimum while the next task "
+        "trains (points; per seed the mean over tasks, then mean ± std over seeds). Recovery steps: steps from the "
+        f"next task's start until the task is back within {100 * (tol or 0):g} points of its end-of-training "
+        "accuracy, averaged over the (seed, task) gaps that recovered; gaps still below when the next task ended are "
+        "counted as not recovered."
+    )
+    if figure:
+        from clfw.plots import gap_comparison_figure
+
+        first = next(iter(summaries.values()))
+        chosen = list(tasks) if tasks else list(first["tasks"])
+        missing = [t for t in chosen if any(t not in s["tasks"] for s in summaries.values())]
+        if not chosen or missing:
+            raise ValueError(f"--gap-tasks: no stability gap measured for task(s) {missing or chosen} in every row "
+                             f"(measured: {list(first['tasks'])})")  # fmt: skip
+        curves = {name: {t: mean_curve(rs, t, name) for t in chosen} for name, rs in runs.items()}
+        os.makedirs(os.path.dirname(os.path.abspath(figure)), exist_ok=True)
+        gap_comparison_figure(curves, chosen, title).savefig(figure, dpi=110)
+        print(f"[clfw-seeds] wrote {figure}", flush=True)
+    return text, summaries
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``clfw-seeds``. Returns 0, 1 when a seed of this call is not averaged, 2 on refusal."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -277,7 +328,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="output directory of the runs (OUT/seed_S/metrics.json)")
     parser.add_argument("--aggregate", nargs="+", metavar="DIR", help="tabulate existing result directories")
     parser.add_argument("--table", help="also write the aggregated table (markdown) to this file")
+    parser.add_argument("--figure", help="draw the rows' stability-gap curves (mean, std band over seeds) to this PNG")
+    parser.add_argument("--gap-tasks", type=int, nargs="+", help="tasks of the figure (default: all with a successor)")
+    parser.add_argument("--title", default="", help="title of the figure")
+    parser.add_argument("--tolerance", type=float, help="recount recovery from the curves within this accuracy (0.05 = "
+                        "5 points) instead of the runs' own ContinualEvaluation.tolerance")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.tolerance is not None and not 0 <= args.tolerance < 1:
+        parser.error(f"--tolerance must be an accuracy in [0, 1) (0.05 = 5 points), got {args.tolerance}")
+    if args.figure and not args.figure.endswith(".png"):
+        parser.error(f"--figure must name a .png file, got {args.figure!r}")
     code = 0
     try:
         if args.aggregate:
@@ -300,11 +360,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"[clfw-seeds] {line}", flush=True)
             collected = {_name(args.out): runs}
             code = 1 if runs.excluded else 0
+        rows = {name: aggregate(list(c.runs.values())) for name, c in collected.items()}
+        table = markdown_table(rows, {name: c.excluded for name, c in collected.items()})
+        gaps = gap_section(collected, rows, args.figure, args.gap_tasks, args.title, args.tolerance)
     except ValueError as err:
         print(f"clfw-seeds: error: {err}", file=sys.stderr, flush=True)
         return 2
-    rows = {name: aggregate(list(c.runs.values())) for name, c in collected.items()}
-    table = markdown_table(rows, {name: c.excluded for name, c in collected.items()})
+    if gaps is not None:
+        table += "\n\n" + gaps[0]
     if not args.aggregate:
         (runs,) = collected.values()
         summary = {
@@ -315,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "failed": sorted(failed),
             "fit_args": fit_args,
             "stats": rows[_name(args.out)],
+            "stability_gap": gaps[1][_name(args.out)] if gaps is not None else None,
         }
         with open(os.path.join(args.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)

@@ -115,11 +115,25 @@ def test_subsample_is_fixed_and_seeded() -> None:
         ({"samples_per_task": 0}, "samples_per_task"),
         ({"tasks": "future"}, "tasks must be"),
         ({"windows": [1]}, "at least 2"),
+        ({"split": "train"}, "split must be"),
     ],
 )
 def test_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ContinualEvaluation(**kwargs)
+
+
+def test_val_split_is_evaluated_instead_of_test_and_needs_one(tmp_path) -> None:
+    """split='val' evaluates on the held-out part of the training data (for choosing hyperparameters by the gap):
+    its task-end points equal the accuracy matrix's validation rows; without a validation split it refuses."""
+    ce = ContinualEvaluation(samples_per_task=10_000, split="val")
+    _, matrix = fit(model(), stream(val_fraction=0.25), callbacks=[ce], default_root_dir=str(tmp_path))
+    n_val = 3 * 2 * 6  # a quarter of 24 per class, 2 classes, 3 tasks (not the 60 test samples)
+    assert ce.split == "val" and len(ce._data[1]) == n_val
+    for i, index in ce.tracker.ends.items():
+        assert ce.tracker.acc[index][: i + 1] == matrix.val_rows[i][: i + 1]
+    with pytest.raises(ValueError, match=r"split='val'.*no val split.*val_fraction"):
+        fit(model(), stream(), callbacks=[ContinualEvaluation(split="val")], default_root_dir=str(tmp_path / "b"))
 
 
 class ImageLogger(pl.loggers.CSVLogger):
