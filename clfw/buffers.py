@@ -68,7 +68,7 @@ class Memory(nn.Module):
         super().__init__()
         if capacity < 1:
             raise ValueError(f"{argument} must be >= 1, got {capacity}")
-        self.capacity, self.seed = capacity, seed
+        self.capacity, self.seed, self.argument = capacity, seed, argument
         self.register_buffer("size", torch.zeros((), dtype=torch.long))
         self.register_buffer("sample_calls", torch.zeros((), dtype=torch.long))
         self.fields: list[str] = []
@@ -205,6 +205,25 @@ class ReservoirBuffer(Memory):
         self.seen.add_(batch)
         self.size.fill_(min(int(self.seen), self.capacity))
         return written
+
+
+class EpisodicMemory(ReservoirBuffer):
+    """A per-task episodic memory (A-GEM's and GEM's): ``capacity // n_tasks`` random training samples of each task,
+    stored at the task's end by :meth:`store_task`, drawn with a generator seeded from ``seed`` and the task. Every
+    rank stores the same samples, so nothing is gathered."""
+
+    def check_tasks(self, n_tasks: int) -> None:
+        """Refuses a capacity that leaves no sample for each of ``n_tasks`` tasks (naming the user's argument)."""
+        if self.capacity < n_tasks:
+            raise ValueError(f"{self.argument}={self.capacity} leaves no memory for each of {n_tasks} tasks")
+
+    def store_task(self, module: Any, task: int) -> None:
+        """Adds ``task``'s samples, from ``module.datamodule.train_data(task)``."""
+        data = module.datamodule.train_data(task)
+        per_task = self.capacity // module.stream.n_tasks
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + task))
+        idx = idx[:per_task]
+        self.add(gather=False, x=data.x[idx], y=data.y[idx], task=data.task[idx])
 
 
 class ClassBalancedBuffer(Memory):

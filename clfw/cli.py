@@ -170,7 +170,7 @@ class SaveRunConfig(SaveConfigCallback):
 DEBUG_ENV = "CLFW_DEBUG"
 """Environment variable that, set to anything but ``""`` or ``"0"``, makes :func:`main` show full tracebacks."""
 
-EXTRAS = {"wandb": "wandb", "avalanche": "avalanche"}
+EXTRAS = {"wandb": "wandb", "avalanche": "avalanche", "quadprog": "gem"}
 """Optional dependencies that a clfw extra installs: module name -> extra (``pip install "clfw[extra]"``)."""
 
 _WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given class_path", 'Parser key "')

@@ -12,6 +12,7 @@ from clfw.strategies.er import ER
 from clfw.strategies.er_ace import ERACE
 from clfw.strategies.ewc import EWC
 from clfw.strategies.gdumb import GDumb
+from clfw.strategies.gem import GEM
 from clfw.strategies.gradient_projection import GradientProjection
 from clfw.strategies.icarl import ICaRL
 from clfw.strategies.joint import Joint
@@ -34,6 +35,7 @@ __all__ = [
     "ER",
     "ERACE",
     "EWC",
+    "GEM",
     "L2P",
     "MAS",
     "SI",

@@ -10,7 +10,7 @@ from torch.nn import functional as F  # noqa: N812
 from typing_extensions import override
 
 from clfw import ContinualModule
-from clfw.buffers import ReservoirBuffer
+from clfw.buffers import EpisodicMemory
 from clfw.distributed import average_across_ranks
 from clfw.plugins import split_like
 
@@ -38,15 +38,12 @@ class AGEM(ContinualModule):
         if sample_size < 1:
             raise ValueError(f"sample_size must be >= 1, got {sample_size}")
         self.sample_size, self.buffer_seed = sample_size, buffer_seed
-        self.buffer = ReservoirBuffer(buffer_size, buffer_seed, "buffer_size")
+        self.buffer = EpisodicMemory(buffer_size, buffer_seed, "buffer_size")
 
     @override
     def attach_stream(self, dm: Any) -> None:
         super().attach_stream(dm)
-        if self.buffer.capacity < self.stream.n_tasks:
-            raise ValueError(
-                f"buffer_size={self.buffer.capacity} leaves no memory for each of {self.stream.n_tasks} tasks"
-            )
+        self.buffer.check_tasks(self.stream.n_tasks)
 
     @staticmethod
     def project(g: Tensor, g_ref: Tensor, eps: float = 0.0) -> Tensor:
@@ -63,12 +60,7 @@ class AGEM(ContinualModule):
 
     @override
     def on_task_end(self, task: int) -> None:
-        data = self.datamodule.train_data(task)
-        per_task = self.buffer.capacity // self.stream.n_tasks
-        generator = torch.Generator().manual_seed(self.buffer_seed * 1_000_003 + task)
-        idx = torch.randperm(len(data), generator=generator)[:per_task]
-        # every rank adds the same samples: no gathering
-        self.buffer.add(gather=False, x=data.x[idx], y=data.y[idx], task=data.task[idx])
+        self.buffer.store_task(self, task)
 
     @override
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

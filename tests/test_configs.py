@@ -139,3 +139,28 @@ def test_the_derpp_experiment_has_the_der_papers_settings_for_cifar10_buffer_500
     assert optimizer["class_path"] == "torch.optim.SGD"
     sgd = {k: optimizer["init_args"][k] for k in ("lr", "momentum", "weight_decay", "nesterov")}
     assert sgd == {"lr": 0.03, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False}
+
+
+@pytest.mark.parametrize("stream", ["split_mnist", "rotated_mnist"])
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_the_stability_gap_lab_configs_train_on_their_split(stream: str, split: str, tmp_path: Path) -> None:
+    """scripts/stability_gap_lab.py's runs: the stream config, with eval_on_val.yaml for the selection runs."""
+    args = ["--config", str(ROOT / f"configs/stability_gap/{stream}.yaml")]
+    if split == "val":
+        args += ["--config", str(ROOT / "configs/stability_gap/eval_on_val.yaml")]
+    tiny = ["--data.init_args.n_tasks=2"] if stream == "split_mnist" else ["--data.init_args.angles=[0, 80]"]
+    tiny += ["--data.init_args.epochs_per_task=1", "--trainer.limit_train_batches=3"]
+    main(["fit", *args, *tiny, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"])
+    metrics = yaml.safe_load((tmp_path / "metrics.json").read_text())
+    assert metrics["tasks_completed"] == 2 and metrics["continual"]["split"] == split
+    assert metrics["continual"]["steps"] == list(range(7)), "evaluated before training and after every step"
+    assert metrics["run"]["config"]["model"]["init_args"]["buffer_size"] == 120
+
+
+def test_the_stability_gap_lab_streams_hold_what_docs_stability_gap_md_says() -> None:
+    from clfw.benchmarks import RotatedMNIST, SplitMNIST
+
+    split = SplitMNIST(n_tasks=5, scenario="class", source="offline", val_fraction=0.1).stream
+    rotated = RotatedMNIST(angles=[0, 80, 160], source="offline", val_fraction=0.1).stream
+    assert [(len(t.train), len(t.val), len(t.test)) for t in split.tasks] == [(720, 80, 200)] * 5
+    assert [(len(t.train), len(t.val), len(t.test)) for t in rotated.tasks] == [(3600, 400, 1000)] * 3

@@ -32,6 +32,7 @@ TINY_KWARGS: dict[str, dict[str, Any]] = {  # init_args as in a config file; clf
     "DER": {"buffer_size": 20, "replay_batch_size": 4, "alpha": 0.3},
     "DERPP": {"buffer_size": 20, "replay_batch_size": 4, "alpha": 0.2, "beta": 0.5},
     "AGEM": {"buffer_size": 20, "sample_size": 8},
+    "GEM": {"buffer_size": 20, "memory_strength": 0.5},
     "ICaRL": {"memory_size": 20, "replay_batch_size": 4},
     "GDumb": {"buffer_size": 20, "epochs": 3, "batch_size": 8},
     "EWC": {"ewc_lambda": 10.0},  # a Plugin: tested on Naive
@@ -97,6 +98,7 @@ def test_strategy_passes_the_contract_checks(name: str, tmp_path: Path) -> None:
     ("name", "kwargs", "match"),
     [
         ("AGEM", {"buffer_size": 1}, "buffer_size=1"),
+        ("GEM", {"buffer_size": 1}, "buffer_size=1"),
         ("ICaRL", {"memory_size": 3}, "memory_size=3"),
         ("ER", {"replay_batch_size": 0}, "replay_batch_size"),
         ("DERPP", {"beta": -1.0}, "beta"),
