@@ -26,6 +26,7 @@ from clfw.strategies.nearest_mean import NearestMeanHead
 from clfw.strategies.refresh import Refresh
 from clfw.strategies.si import SI
 from clfw.strategies.vit_baseline import ViTBaseline
+from clfw.strategies.weight_aligning import WeightAligning
 
 __all__ = [
     "AGEM",
@@ -53,4 +54,5 @@ __all__ = [
     "NearestMeanHead",
     "Refresh",
     "ViTBaseline",
+    "WeightAligning",
 ]
