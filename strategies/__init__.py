@@ -23,6 +23,7 @@ from clfw.strategies.lwf import LwF
 from clfw.strategies.mas import MAS
 from clfw.strategies.naive import Naive
 from clfw.strategies.nearest_mean import NearestMeanHead
+from clfw.strategies.ranpac import RanPAC
 from clfw.strategies.refresh import Refresh
 from clfw.strategies.si import SI
 from clfw.strategies.vit_baseline import ViTBaseline
@@ -52,6 +53,7 @@ __all__ = [
     "LwF",
     "Naive",
     "NearestMeanHead",
+    "RanPAC",
     "Refresh",
     "ViTBaseline",
     "WeightAligning",

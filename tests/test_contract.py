@@ -50,6 +50,7 @@ TINY_KWARGS: dict[str, dict[str, Any]] = {  # init_args as in a config file; clf
     "NearestMeanHead": {"source": "memory"},  # a Plugin: tested on ER (needs its memory)
     "LayerwiseProximalReplay": {"omega_0": 1.0, "every_n_steps": 2},  # a Plugin: tested on ER (needs its memory)
     "WeightAligning": {},  # a Plugin: tested on Naive
+    "RanPAC": {"projection_dim": 16},
 }
 NAMES = sorted(clfw.strategies.__all__)
 ER_HOST: dict[str, Any] = {"class_path": "clfw.strategies.ER", "init_args": TINY_KWARGS["ER"]}
