@@ -2,6 +2,7 @@
 behaviours that combine with any strategy (regularizers such as EWC)."""
 
 from clfw.strategies.agem import AGEM
+from clfw.strategies.aper import APER
 from clfw.strategies.clser import CLSER
 from clfw.strategies.coda_prompt import CODAPrompt
 from clfw.strategies.cumulative import Cumulative
@@ -26,11 +27,13 @@ from clfw.strategies.nearest_mean import NearestMeanHead
 from clfw.strategies.ranpac import RanPAC
 from clfw.strategies.refresh import Refresh
 from clfw.strategies.si import SI
+from clfw.strategies.simplecil import SimpleCIL
 from clfw.strategies.vit_baseline import ViTBaseline
 from clfw.strategies.weight_aligning import WeightAligning
 
 __all__ = [
     "AGEM",
+    "APER",
     "CLSER",
     "DER",
     "DERPP",
@@ -55,6 +58,7 @@ __all__ = [
     "NearestMeanHead",
     "RanPAC",
     "Refresh",
+    "SimpleCIL",
     "ViTBaseline",
     "WeightAligning",
 ]

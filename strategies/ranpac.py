@@ -9,14 +9,13 @@ from torch import Tensor
 from torch.nn import functional as F  # noqa: N812
 from typing_extensions import override
 
-from clfw import Batch, ContinualModule
 from clfw.distributed import sum_across_ranks
-from clfw.evaluation import eval_mode
+from clfw.frozen import FrozenFeatureModule
 
 RIDGES: tuple[float, ...] = tuple(10.0**k for k in range(-8, 14))  # the reference code's candidates
 
 
-class RanPAC(ContinualModule):
+class RanPAC(FrozenFeatureModule):
     """RanPAC (McDonnell, Gong, Parvaneh, Abbasnejad & van den Hengel, NeurIPS 2023, "RanPAC: Random Projections and
     Pre-trained Models for Continual Learning").
 
@@ -26,11 +25,9 @@ class RanPAC(ContinualModule):
     ``C = sum h y^T`` (one-hot labels); the classifier is the ridge solution ``W_o = (G + lambda I)^-1 C`` and predicts
     ``h W_o``. ``lambda`` is chosen at every task end among ``10^-8 .. 10^13`` (the reference's grid) by the squared
     error on a held-out fifth of the samples seen so far, from the held-out part's own Gram matrices (exactly the error
-    of predicting them, without storing any feature), then ``W_o`` is solved on all samples. With
-    ``adapt_first_task`` the first task trains whatever the backbone leaves trainable, with the linear head and
-    cross-entropy (the paper's first-session adaptation), and the backbone is frozen from the first task's end on;
-    later tasks train nothing by gradient (a zero loss on the unused head keeps Lightning's step and the plugins'
-    hooks in step). Sums are in float64, summed across DDP ranks.
+    of predicting them, without storing any feature), then ``W_o`` is solved on all samples. Sums are in float64,
+    summed across DDP ranks. With ``adapt_first_task`` (the paper's first-session adaptation) the first task trains
+    the backbone's trainable parameters, then it is frozen (:class:`~clfw.frozen.FrozenFeatureModule`).
 
     Deviations: the paper adapts the first session with parameter-efficient modules (AdaptFormer, SSF or VPT); here
     whatever parameters the given backbone leaves trainable are adapted (freeze the rest, e.g. a timm ViT with
@@ -47,14 +44,10 @@ class RanPAC(ContinualModule):
     def __init__(
         self, projection_dim: int = 10000, projection_seed: int = 0, adapt_first_task: bool = True, **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(adapt_first_task=adapt_first_task, **kwargs)
         if projection_dim < 1:
             raise ValueError(f"projection_dim must be >= 1, got {projection_dim}")
-        self.projection_dim, self.projection_seed, self.adapt_first_task = (
-            projection_dim,
-            projection_seed,
-            adapt_first_task,
-        )
+        self.projection_dim, self.projection_seed = projection_dim, projection_seed
 
     @override
     def attach_stream(self, dm: Any) -> None:
@@ -72,13 +65,10 @@ class RanPAC(ContinualModule):
 
     def projected(self, x: Tensor) -> Tensor:
         """``h = relu(f(x) W)``."""
-        return F.relu(self.features(x) @ self.projection)
+        return self.project(self.features(x))
 
-    @override
-    def training_loss(self, batch: Batch) -> Tensor | dict[str, Tensor] | None:
-        if self.adapt_first_task and self.current_task == 0:
-            return super().training_loss(batch)
-        return self.head.bias.sum() * 0.0  # nothing to learn by gradient: a zero loss keeps the step (as GDumb's)
+    def project(self, features: Tensor) -> Tensor:
+        return F.relu(features @ self.projection)
 
     @staticmethod
     def select_ridge(
@@ -97,24 +87,20 @@ class RanPAC(ContinualModule):
 
     @override
     @torch.no_grad()
-    def on_task_end(self, task: int) -> None:
-        if task == 0:
-            self.backbone.requires_grad_(False)
-        sums = [torch.zeros_like(t) for t in (self.gram, self.gram_val, self.targets, self.targets_val, self.n_val)]
-        with eval_mode(self):
-            for batch in self.datamodule.task_loader(task):
-                h = self.projected(batch.x.to(self.device)).double()
-                y = F.one_hot(batch.y.to(self.device), self.stream.num_classes).double()
-                val = (batch.index.to(self.device) % 5) == 4
-                sums[0] += h.T @ h
-                sums[1] += h[val].T @ h[val]
-                sums[2] += h.T @ y
-                sums[3] += h[val].T @ y[val]
-                sums[4] += val.sum()
+    def absorb(self, task: int) -> None:
+        stores = (self.gram, self.gram_val, self.targets, self.targets_val, self.n_val)
+        sums = [torch.zeros_like(t) for t in stores]
+        for features, labels, index in self.task_features(task):
+            h = self.project(features).double()
+            y = F.one_hot(labels, self.stream.num_classes).double()
+            val = (index % 5) == 4
+            sums[0] += h.T @ h
+            sums[1] += h[val].T @ h[val]
+            sums[2] += h.T @ y
+            sums[3] += h[val].T @ y[val]
+            sums[4] += val.sum()
         sum_across_ranks(sums)
-        for store, add in zip(
-            (self.gram, self.gram_val, self.targets, self.targets_val, self.n_val), sums, strict=True
-        ):
+        for store, add in zip(stores, sums, strict=True):
             store += add
         self.ridge.fill_(self.select_ridge(self.gram - self.gram_val, self.targets - self.targets_val,
                                            self.gram_val, self.targets_val, float(self.n_val)))  # fmt: skip
@@ -122,7 +108,5 @@ class RanPAC(ContinualModule):
         self.ridge_weights.copy_(torch.linalg.solve(self.gram + self.ridge * eye, self.targets))
 
     @override
-    def predict(self, x: Tensor, task_ids: Tensor) -> Tensor:
-        if self.current_task == 0 and not self.task_ended:  # during the first task: the adapted linear head
-            return super().predict(x, task_ids)
-        return self.masked(self.projected(x) @ self.ridge_weights, task_ids)
+    def classify(self, features: Tensor) -> Tensor:
+        return self.project(features) @ self.ridge_weights

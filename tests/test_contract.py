@@ -51,6 +51,8 @@ TINY_KWARGS: dict[str, dict[str, Any]] = {  # init_args as in a config file; clf
     "LayerwiseProximalReplay": {"omega_0": 1.0, "every_n_steps": 2},  # a Plugin: tested on ER (needs its memory)
     "WeightAligning": {},  # a Plugin: tested on Naive
     "RanPAC": {"projection_dim": 16},
+    "SimpleCIL": {},
+    "APER": {},
 }
 NAMES = sorted(clfw.strategies.__all__)
 ER_HOST: dict[str, Any] = {"class_path": "clfw.strategies.ER", "init_args": TINY_KWARGS["ER"]}
