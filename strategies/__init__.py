@@ -22,6 +22,7 @@ from clfw.strategies.lpr import LayerwiseProximalReplay
 from clfw.strategies.lr_warmup import LRWarmup
 from clfw.strategies.lwf import LwF
 from clfw.strategies.mas import MAS
+from clfw.strategies.mir import MIR
 from clfw.strategies.naive import Naive
 from clfw.strategies.nearest_mean import NearestMeanHead
 from clfw.strategies.ranpac import RanPAC
@@ -43,6 +44,7 @@ __all__ = [
     "GEM",
     "L2P",
     "MAS",
+    "MIR",
     "SI",
     "CODAPrompt",
     "Cumulative",

@@ -43,7 +43,7 @@ class ER(ContinualModule):
         x, y, task = batch.x, batch.y, batch.task
         terms: dict[str, Tensor] = {}
         if len(self.buffer):
-            memory = self.buffer.sample(self.replay_batch_size)
+            memory = self.draw_replay(batch)
             replay_x = self.replay_inputs(memory["x"])
             x, y, task = torch.cat([x, replay_x]), torch.cat([y, memory["y"]]), torch.cat([task, memory["task"]])
         logits = self(x)
@@ -54,6 +54,10 @@ class ER(ContinualModule):
         for term in terms.values():
             loss = loss + term
         return {"loss": loss, **terms, "logits": logits[: len(batch.y)]}
+
+    def draw_replay(self, batch: Batch) -> dict[str, Tensor]:
+        """The memory samples replayed with ``batch``: a uniform draw of ``replay_batch_size`` for ER (MIR's choice)."""
+        return self.buffer.sample(self.replay_batch_size)
 
     def replay_terms(self, x: Tensor, memory: dict[str, Tensor], logits: Tensor) -> dict[str, Tensor]:
         """Extra loss terms on the replayed samples (their model inputs ``x``, the drawn ``memory`` fields, and their
