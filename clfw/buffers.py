@@ -69,6 +69,7 @@ class Memory(nn.Module):
         if capacity < 1:
             raise ValueError(f"{argument} must be >= 1, got {capacity}")
         self.capacity, self.seed, self.argument = capacity, seed, argument
+        self.replayable = True  # False: held-out data (BiC's validation samples), never found by replay_memory
         self.register_buffer("size", torch.zeros((), dtype=torch.long))
         self.register_buffer("sample_calls", torch.zeros((), dtype=torch.long))
         self.fields: list[str] = []
@@ -343,7 +344,7 @@ def replay_memory(module: nn.Module, user: str) -> Memory:
     """
     plugins = getattr(module, "plugins", None)
     inside = {id(m) for m in plugins.modules()} if isinstance(plugins, nn.Module) else set()
-    found = [m for m in module.modules() if isinstance(m, Memory)]
+    found = [m for m in module.modules() if isinstance(m, Memory) and m.replayable]
     own = [m for m in found if id(m) not in inside]
     if own or found:
         return (own or found)[0]

@@ -3,6 +3,7 @@ behaviours that combine with any strategy (regularizers such as EWC)."""
 
 from clfw.strategies.agem import AGEM
 from clfw.strategies.aper import APER
+from clfw.strategies.bic import BiasCorrection
 from clfw.strategies.clser import CLSER
 from clfw.strategies.coda_prompt import CODAPrompt
 from clfw.strategies.cumulative import Cumulative
@@ -46,6 +47,7 @@ __all__ = [
     "MAS",
     "MIR",
     "SI",
+    "BiasCorrection",
     "CODAPrompt",
     "Cumulative",
     "DualPrompt",

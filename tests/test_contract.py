@@ -51,6 +51,7 @@ TINY_KWARGS: dict[str, dict[str, Any]] = {  # init_args as in a config file; clf
     "NearestMeanHead": {"source": "memory"},  # a Plugin: tested on ER (needs its memory)
     "LayerwiseProximalReplay": {"omega_0": 1.0, "every_n_steps": 2},  # a Plugin: tested on ER (needs its memory)
     "WeightAligning": {},  # a Plugin: tested on Naive
+    "BiasCorrection": {"val_per_class": 4},  # a Plugin: tested on Naive (streams with a validation split)
     "RanPAC": {"projection_dim": 16},
     "SimpleCIL": {},
     "APER": {},

@@ -191,20 +191,39 @@ def preferred_scenario(cls: type[ContinualModule]) -> str:
     return supported[0]
 
 
-def tiny_stream(scenario: str, epochs_per_task: int = 1, small: bool = False) -> TinyStream:
+def tiny_stream(scenario: str, epochs_per_task: int = 1, small: bool = False, validation: bool = False) -> TinyStream:
     """The checks' stream: 2 tasks of 48 training samples (6 batches of 8), or of 16 (2 batches) when ``small``.
 
     Args:
         scenario: ``"class"``, ``"task"`` or ``"domain"``.
         epochs_per_task: Epochs of each task.
         small: 16 training samples per task instead of 48.
+        validation: Also hold out a validation split (a fifth of each class, on top of the same training samples),
+            for strategies and plugins that declare ``needs_validation_split``.
     """
-    per_task = 16 if small else 48
-    classes_per_task = 4 if scenario == "domain" else 2
+    per_class = (16 if small else 48) // (4 if scenario == "domain" else 2)
+    if validation:
+        per_class, extra = round(per_class / (1 - VALIDATION_FRACTION)), {"val_fraction": VALIDATION_FRACTION}
+    else:
+        extra = {}
     return TinyStream(
-        n_tasks=2, scenario=scenario, train_per_class=per_task // classes_per_task, batch_size=8,
-        epochs_per_task=epochs_per_task,
+        n_tasks=2, scenario=scenario, train_per_class=per_class, batch_size=8, epochs_per_task=epochs_per_task,
+        **extra,
     )  # fmt: skip
+
+
+VALIDATION_FRACTION = 0.2
+
+
+def needs_validation(model: ContinualModule | Mapping[str, Any]) -> bool:
+    """Whether a model (or a model config) or one of its plugins declares ``needs_validation_split`` (BiC's bias
+    correction fits on held-out data)."""
+    if isinstance(model, Mapping):
+        paths = [model["class_path"], *(p["class_path"] for p in (model.get("init_args") or {}).get("plugins") or [])]
+        parts: list[Any] = [import_class(p) for p in paths]
+    else:
+        parts = [model, *model.plugins]
+    return any(getattr(p, "needs_validation_split", False) for p in parts)
 
 
 # -------------------------------------------------------------------------------------------------------- fitting
@@ -298,7 +317,11 @@ def _check_scenarios(
     runs = dict(done)
     for scenario in scenarios:
         if scenario not in runs:
-            runs[scenario] = _fit(config, tiny_stream(scenario, small=True), root / f"scenario_{scenario}")
+            runs[scenario] = _fit(
+                config,
+                tiny_stream(scenario, small=True, validation=needs_validation(config)),
+                root / f"scenario_{scenario}",
+            )
         run = runs[scenario]
         _check_matrix(run.matrix.rows, run.matrix.initial, 2, f"{label} [{scenario}-IL]")
     return runs
@@ -308,7 +331,7 @@ def _check_refused(config: dict[str, Any], scenarios: Sequence[str], label: str)
     for scenario in scenarios:
         module = build_model(config)
         try:
-            module.attach_stream(tiny_stream(scenario, small=True))
+            module.attach_stream(tiny_stream(scenario, small=True, validation=needs_validation(config)))
         except ValueError as err:
             if scenario not in str(err):
                 raise _fail(label, f"refused the {scenario}-IL stream without naming it: {err}") from err
@@ -364,12 +387,14 @@ def _check_resume(config: dict[str, Any], scenario: str, root: Path, label: str)
     """Fits 2 tasks of 2 epochs (6 steps each: task 1 is steps 13..24) uninterrupted; then stops a second run after
     step 17 and resumes it from its last checkpoint (step 15, mid-task 1) under another global seed; both must end with
     the same accuracy matrix and every state_dict entry equal bit for bit."""
-    reference = _fit(config, tiny_stream(scenario, epochs_per_task=2), root / "reference")
+    reference = _fit(
+        config, tiny_stream(scenario, epochs_per_task=2, validation=needs_validation(config)), root / "reference"
+    )
     _check_matrix(reference.matrix.rows, reference.matrix.initial, 2, label)
     ckpt_dir = root / "checkpoints"
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=3, save_last=True, save_top_k=-1)
     try:
-        stream = tiny_stream(scenario, epochs_per_task=2)
+        stream = tiny_stream(scenario, epochs_per_task=2, validation=needs_validation(config))
         stopped = _fit(config, stream, root / "interrupted", callbacks=[ckpt, Interrupt(17)], enable_checkpointing=True)
     except RuntimeError as err:
         if "interrupted after step 17" not in str(err):
@@ -382,7 +407,7 @@ def _check_resume(config: dict[str, Any], scenario: str, root: Path, label: str)
     if last["clfw"]["task"] != 1 or last["clfw"]["task_ended"]:
         raise _fail(label, f"the last checkpoint (step {last['global_step']}) is not in the middle of task 1")
     # under another global seed: resuming must not depend on it
-    stream = tiny_stream(scenario, epochs_per_task=2)
+    stream = tiny_stream(scenario, epochs_per_task=2, validation=needs_validation(config))
     resumed = _fit(config, stream, root / "resumed", seed=123, ckpt_path=str(ckpt_dir / "last.ckpt"))
     if resumed.matrix.rows != reference.matrix.rows:
         step = last["global_step"]
@@ -474,7 +499,9 @@ def check_strategy(
         if "hygiene" in checks:
             _check_hygiene(runs[scenario], f"{label} [hygiene]")
         if "composition" in checks:
-            run = _fit(composed, tiny_stream(scenario, small=True), root / "composition")
+            run = _fit(
+                composed, tiny_stream(scenario, small=True, validation=needs_validation(composed)), root / "composition"
+            )
             _check_matrix(run.matrix.rows, run.matrix.initial, 2, f"{label} [composition]")
             _check_composition(run, f"{label} [composition]")
         if "ddp" in checks:

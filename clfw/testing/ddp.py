@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from clfw.evaluation import AccuracyMatrix
-from clfw.testing.checks import build_model, preferred_scenario, tiny_stream
+from clfw.testing.checks import build_model, needs_validation, preferred_scenario, tiny_stream
 from clfw.testing.fixtures import snapshot
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, config in enumerate(configs):
         pl.seed_everything(0, verbose=False)
         model = build_model(config)
-        dm = tiny_stream(preferred_scenario(type(model)))
+        dm = tiny_stream(preferred_scenario(type(model)), validation=needs_validation(model))
         matrix = AccuracyMatrix(plot=False)
         trainer = pl.Trainer(
             accelerator="cpu", devices=2, strategy="ddp", max_epochs=dm.total_epochs, callbacks=[matrix],
