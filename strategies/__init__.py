@@ -21,6 +21,7 @@ from clfw.strategies.joint import Joint
 from clfw.strategies.l2p import L2P
 from clfw.strategies.lpr import LayerwiseProximalReplay
 from clfw.strategies.lr_warmup import LRWarmup
+from clfw.strategies.lucir import LUCIR
 from clfw.strategies.lwf import LwF
 from clfw.strategies.mas import MAS
 from clfw.strategies.mir import MIR
@@ -44,6 +45,7 @@ __all__ = [
     "EWC",
     "GEM",
     "L2P",
+    "LUCIR",
     "MAS",
     "MIR",
     "SI",
