@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from typing_extensions import override
 
 from clfw.data import Batch
@@ -17,9 +17,11 @@ from clfw.module import ContinualModule
 
 class FrozenFeatureModule(ContinualModule):
     """A strategy whose classifier is computed, not trained: with ``adapt_first_task`` the first task trains what the
-    backbone leaves trainable (and the linear head) with cross-entropy, and the backbone is frozen at that task's end;
-    every later step has nothing to learn by gradient (a zero loss on the head keeps Lightning's step and the plugins'
-    hooks in step, as GDumb does). Subclasses implement :meth:`absorb` (a task's statistics, from
+    backbone leaves trainable (and the linear head) with cross-entropy; from then on (from the start without it) the
+    network is frozen. Frozen steps keep Lightning's step and the plugins' hooks in step with a zero loss that reaches
+    every parameter (so DDP, which reduces the gradients of the parameters it was given, sees each of them), and the
+    network's gradients are dropped before the optimizer step, so no optimizer (momentum, weight decay) moves them.
+    Subclasses implement :meth:`absorb` (a task's statistics, from
     :meth:`task_features`, at its end) and :meth:`classify` (scores from features); until the first task has ended
     (no statistics yet) the linear head predicts.
 
@@ -32,11 +34,26 @@ class FrozenFeatureModule(ContinualModule):
         super().__init__(**kwargs)
         self.adapt_first_task = adapt_first_task
 
+    @property
+    def adapting(self) -> bool:
+        """Whether the network is being trained: the first task, with ``adapt_first_task``."""
+        return self.adapt_first_task and self.current_task == 0 and not self.task_ended
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        """The strategy's own trainable parameters (its plugins' left out)."""
+        return [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("plugins.")]
+
     @override
     def training_loss(self, batch: Batch) -> Tensor | dict[str, Tensor] | None:
-        if self.adapt_first_task and self.current_task == 0:
+        if self.adapting:
             return super().training_loss(batch)
-        return self.head.bias.sum() * 0.0
+        return sum((p.sum() for p in self.network_parameters()), torch.zeros((), device=self.device)) * 0.0
+
+    @override
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.adapting:
+            for p in self.network_parameters():
+                p.grad = None
 
     def task_features(self, task: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """``(features, labels, index in the task)`` of this rank's shard of ``task``'s training data, batch by batch
@@ -60,8 +77,6 @@ class FrozenFeatureModule(ContinualModule):
 
     @override
     def on_task_end(self, task: int) -> None:
-        if task == 0:
-            self.backbone.requires_grad_(False)
         self.absorb(task)
 
     @override

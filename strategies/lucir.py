@@ -55,6 +55,13 @@ class LUCIR(ER):
         self.scale = nn.Parameter(torch.ones(()))
         self.teacher: ContinualModule | None = None
 
+    @override
+    def attach_stream(self, dm: Any) -> None:
+        super().attach_stream(dm)
+        with torch.no_grad():
+            self.head.bias.zero_()
+        self.head.bias.requires_grad_(False)  # cosine logits have no bias (and DDP needs every trainable one used)
+
     def cosines(self, features: Tensor) -> Tensor:
         """``cos(theta_c, f(x))`` for every class ``[B, num_classes]``."""
         return F.normalize(features, dim=1) @ F.normalize(self.head.weight, dim=1).T

@@ -31,7 +31,8 @@ def _trained(cls: type, lr: float) -> tuple:
     torch.manual_seed(0)
     backbone = MLP(in_features=16, hidden=(12,))
     start = {k: v.clone() for k, v in backbone.state_dict().items()}
-    model = cls(backbone=backbone, optimizer=lambda p: torch.optim.SGD(p, lr=lr))
+    # momentum and weight decay would move a frozen network that only got zero gradients
+    model = cls(backbone=backbone, optimizer=lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=0.1))
     fit(model, TinyStream(n_tasks=2, num_classes_total=4, batch_size=8))
     return model, start
 

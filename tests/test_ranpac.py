@@ -53,7 +53,7 @@ def test_ridge_classifier_equals_sklearn_ridge(scenario: str) -> None:
 def test_first_task_adapts_then_the_backbone_is_frozen() -> None:
     torch.manual_seed(0)
     model = RanPAC(projection_dim=16, backbone=MLP(in_features=16, hidden=(12,)),
-                   optimizer=lambda p: torch.optim.SGD(p, lr=0.1))  # fmt: skip
+                   optimizer=lambda p: torch.optim.AdamW(p, lr=0.1, weight_decay=0.1))  # fmt: skip
     start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     seen = []
     fit(model, TinyStream(n_tasks=2, num_classes_total=4, batch_size=8),
