@@ -2,13 +2,15 @@
 
 Each maps inputs to a feature vector: ``forward_features`` gives the unpooled features, ``forward_head(x,
 pre_logits=True)`` pools them, ``forward`` does both, and ``num_features`` is the feature size, as for a timm model
-created with ``num_classes=0``. Any such timm model can be passed as a backbone instead; the classifier head belongs to
-:class:`~clfw.ContinualModule`.
+created with ``num_classes=0``. ``forward_intermediates(x)`` returns, as timm's does, the unpooled features and the
+list of each stage's output (feature maps ``[B, C, H, W]`` of the convolutional stages, ``[B, width]`` of an MLP's
+hidden layers); :func:`intermediates` reads them from any backbone that has the method (clfw's and timm's). Any such
+timm model can be passed as a backbone instead; the classifier head belongs to :class:`~clfw.ContinualModule`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
@@ -26,6 +28,34 @@ class _Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x), pre_logits=True)
+
+    def stages(self) -> list[Callable[[Tensor], Tensor]]:
+        """The functions whose outputs are the intermediates, applied in order, ending with the unpooled features."""
+        raise NotImplementedError
+
+    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``(unpooled features, [output of each stage])``, timm's convention (``intermediates_only=False``)."""
+        outputs = []
+        for stage in self.stages():
+            x = stage(x)
+            outputs.append(x)
+        return x, outputs
+
+
+def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """``(pooled features [B, num_features], [each stage's output])`` of a backbone with ``forward_intermediates``.
+
+    Raises:
+        ValueError: the backbone has no ``forward_intermediates`` (timm models and :mod:`clfw.backbones` have it).
+    """
+    method = getattr(backbone, "forward_intermediates", None)
+    if method is None:
+        raise ValueError(
+            f"backbone {type(backbone).__name__} has no forward_intermediates (timm's models and clfw.backbones have "
+            "it): this strategy needs its intermediate feature maps"
+        )
+    final, maps = method(x)
+    return backbone.forward_head(final, pre_logits=True), list(maps)
 
 
 class MLP(_Backbone):
@@ -54,10 +84,25 @@ class MLP(_Backbone):
         self.num_features = in_features
 
     def forward_features(self, x: Tensor) -> Tensor:
+        return self.layers(self._flat(x))
+
+    def _flat(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
         if x.shape[1] != self.in_features:
             raise ValueError(f"MLP expects {self.in_features} input features per sample, got {x.shape[1]}")
-        return self.layers(x)
+        return x
+
+    def stages(self) -> list[Callable[[Tensor], Tensor]]:
+        """One stage per hidden layer (Linear, ReLU and its dropout), after flattening the input."""
+        mods, stages, current = list(self.layers), [], []
+        for m in mods:
+            if isinstance(m, nn.Linear) and current:
+                stages.append(nn.Sequential(*current))
+                current = []
+            current.append(m)
+        stages.append(nn.Sequential(*current))
+        first = stages[0]
+        return [lambda x: first(self._flat(x)), *stages[1:]]
 
 
 class SmallCNN(_Backbone):
@@ -79,6 +124,10 @@ class SmallCNN(_Backbone):
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.blocks(x)
+
+    def stages(self) -> list[Callable[[Tensor], Tensor]]:
+        """One stage per block (conv, BN, ReLU, max-pool)."""
+        return [self.blocks[i : i + 4] for i in range(0, len(self.blocks), 4)]
 
 
 class _BasicBlock(nn.Module):
@@ -121,4 +170,11 @@ class ResNet18(_Backbone):
         self.num_features = cin
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.layers(self._stem(x))
+
+    def _stem(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn1(self.conv1(x)))
+
+    def stages(self) -> list[Callable[[Tensor], Tensor]]:
+        """The four stages (the stem is applied before the first)."""
+        return [lambda x: self.layers[0](self._stem(x)), *self.layers[1:]]

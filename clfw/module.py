@@ -375,6 +375,7 @@ class ContinualModule(pl.LightningModule):
             observed[torch.tensor(self._pending_observed, dtype=torch.long)] = True
             self._pending_observed = None
         self.register_buffer("observed_mask", observed, persistent=False)  # in checkpoint["clfw"], not state_dict
+        self.build_for_stream()
         was_training = self.training
         # the parameters' device: at setup Lightning may already report the target device before moving the weights
         device = next(iter(self.parameters()), torch.empty(0)).device
@@ -393,6 +394,11 @@ class ContinualModule(pl.LightningModule):
             self._update_seen_mask()
         for p in self.plugins:
             p.on_setup(self)
+
+    def build_for_stream(self) -> None:
+        """Called once, when the stream is first attached: after the backbone and head exist, before the module is
+        tried on one of the stream's inputs. Create the state that depends on the stream here (class-sized parameters
+        and buffers, e.g. PODNet's proxies), so a checkpoint's state can be loaded into it."""
 
     @override
     def configure_optimizers(self) -> Any:
@@ -651,3 +657,13 @@ def _clfw_version() -> str:
     from clfw import __version__
 
     return __version__
+
+
+def restore_teacher(module: ContinualModule, checkpoint: dict[str, Any]) -> ContinualModule | None:
+    """``module.teacher``, or, when it is still ``None`` and ``checkpoint`` holds one (``teacher.*`` keys), the frozen
+    copy it is loaded into: the model at the end of the last finished task (iCaRL's, LUCIR's, PODNet's previous
+    model), so the strategy can take the checkpoint's teacher state."""
+    teacher = getattr(module, "teacher", None)
+    if teacher is None and any(k.startswith("teacher.") for k in checkpoint["state_dict"]):
+        teacher = module.copy_model(frozen=True, task=module.current_task - (not module.task_ended))
+    return teacher

@@ -27,6 +27,7 @@ from clfw.strategies.mas import MAS
 from clfw.strategies.mir import MIR
 from clfw.strategies.naive import Naive
 from clfw.strategies.nearest_mean import NearestMeanHead
+from clfw.strategies.podnet import PODNet
 from clfw.strategies.ranpac import RanPAC
 from clfw.strategies.refresh import Refresh
 from clfw.strategies.si import SI
@@ -62,6 +63,7 @@ __all__ = [
     "LwF",
     "Naive",
     "NearestMeanHead",
+    "PODNet",
     "RanPAC",
     "Refresh",
     "SimpleCIL",

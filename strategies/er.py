@@ -40,20 +40,25 @@ class ER(ContinualModule):
 
     @override
     def training_loss(self, batch: Batch) -> dict[str, Tensor]:
-        x, y, task = batch.x, batch.y, batch.task
+        x, y, task, memory = self.joint_batch(batch)
         terms: dict[str, Tensor] = {}
-        if len(self.buffer):
-            memory = self.draw_replay(batch)
-            replay_x = self.replay_inputs(memory["x"])
-            x, y, task = torch.cat([x, replay_x]), torch.cat([y, memory["y"]]), torch.cat([task, memory["task"]])
         logits = self(x)
         loss = F.cross_entropy(self.masked(logits, task), y)
-        if len(x) > len(batch.y):
-            terms = self.replay_terms(replay_x, memory, logits[len(batch.y) :])
+        if memory is not None:
+            terms = self.replay_terms(x[len(batch.y) :], memory, logits[len(batch.y) :])
         self.buffer.add(x=self.raw_inputs(batch), y=batch.y, task=batch.task)
         for term in terms.values():
             loss = loss + term
         return {"loss": loss, **terms, "logits": logits[: len(batch.y)]}
+
+    def joint_batch(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor] | None]:
+        """Model inputs, labels and task ids of ``batch`` followed by a replayed draw (:meth:`draw_replay`, through the
+        training transform), and the draw itself (``None`` while the memory is empty)."""
+        if not len(self.buffer):
+            return batch.x, batch.y, batch.task, None
+        memory = self.draw_replay(batch)
+        x = torch.cat([batch.x, self.replay_inputs(memory["x"])])
+        return x, torch.cat([batch.y, memory["y"]]), torch.cat([batch.task, memory["task"]]), memory
 
     def draw_replay(self, batch: Batch) -> dict[str, Tensor]:
         """The memory samples replayed with ``batch``: a uniform draw of ``replay_batch_size`` for ER (MIR's choice)."""

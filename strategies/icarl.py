@@ -12,6 +12,7 @@ from typing_extensions import override
 from clfw import Batch, ContinualModule
 from clfw.buffers import Memory, herding
 from clfw.evaluation import eval_mode
+from clfw.module import restore_teacher
 
 
 class ICaRL(ContinualModule):
@@ -125,6 +126,4 @@ class ICaRL(ContinualModule):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        if self.teacher is None and any(k.startswith("teacher.") for k in checkpoint["state_dict"]):
-            # the previous model is the model at the end of the last finished task
-            self.teacher = self.copy_model(frozen=True, task=self.current_task - (not self.task_ended))
+        self.teacher = restore_teacher(self, checkpoint)

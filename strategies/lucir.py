@@ -13,6 +13,7 @@ from typing_extensions import override
 from clfw import Batch, ContinualModule
 from clfw.distributed import sum_across_ranks
 from clfw.evaluation import eval_mode
+from clfw.module import restore_teacher
 from clfw.strategies.er import ER
 
 
@@ -103,11 +104,7 @@ class LUCIR(ER):
 
     @override
     def training_loss(self, batch: Batch) -> dict[str, Tensor]:
-        x, y, task = batch.x, batch.y, batch.task
-        if len(self.buffer):
-            memory = self.draw_replay(batch)
-            x = torch.cat([x, self.replay_inputs(memory["x"])])
-            y, task = torch.cat([y, memory["y"]]), torch.cat([task, memory["task"]])
+        x, y, task, _ = self.joint_batch(batch)
         features = self.features(x)
         cos = self.cosines(features)
         logits = self.scale * cos
@@ -153,5 +150,4 @@ class LUCIR(ER):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        if self.teacher is None and any(k.startswith("teacher.") for k in checkpoint["state_dict"]):
-            self.teacher = self.copy_model(frozen=True, task=self.current_task - (not self.task_ended))
+        self.teacher = restore_teacher(self, checkpoint)

@@ -1,0 +1,65 @@
+"""PODNet: the backbones' intermediates, and the loss terms of a training batch on a convolutional backbone against
+the formulas (themselves doctested on hand-computed values) applied to the batch's own features and maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+from clfw import Batch
+from clfw.backbones import MLP, ResNet18, SmallCNN, intermediates
+from clfw.strategies import PODNet
+from tests.helpers import TinyStream, fit
+
+
+@pytest.mark.parametrize(
+    ("backbone", "shape", "maps"),
+    [
+        (MLP(in_features=16, hidden=(8, 6), dropout=0.2), (2, 1, 4, 4), [(2, 8), (2, 6)]),
+        (SmallCNN(1, (4, 6)), (2, 1, 8, 8), [(2, 4, 4, 4), (2, 6, 2, 2)]),
+        (ResNet18(3, 4), (2, 3, 16, 16), [(2, 4, 16, 16), (2, 8, 8, 8), (2, 16, 4, 4), (2, 32, 2, 2)]),
+    ],
+)
+def test_intermediates_are_the_stage_outputs_and_end_in_the_features(backbone, shape, maps) -> None:
+    backbone.eval()
+    x = torch.randn(*shape)
+    features, outputs = intermediates(backbone, x)
+    assert torch.allclose(features, backbone(x)) and [tuple(o.shape) for o in outputs] == maps
+    with pytest.raises(ValueError, match="no forward_intermediates"):
+        intermediates(torch.nn.Linear(2, 2), torch.randn(1, 2))
+
+
+def test_terms_of_a_batch_on_a_convolutional_backbone() -> None:
+    torch.manual_seed(0)
+    model = PODNet(buffer_size=20, replay_batch_size=6, proxies_per_class=3, backbone=SmallCNN(1, (4, 6)),
+                   optimizer=lambda p: torch.optim.SGD(p, lr=0.1))  # fmt: skip
+    fit(model, TinyStream(n_tasks=3, num_classes_total=6, batch_size=8))
+    model.current_task = 2  # as during task 2: 6 classes seen, 2 new
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 1, 4, 4, generator=g)
+    batch = Batch(x, torch.tensor([4, 5, 4, 5]), torch.full((4,), 2), torch.arange(4))
+    memory = {"x": model.buffer.x[:6], "y": model.buffer.y[:6], "task": model.buffer.task[:6]}
+    model.draw_replay = lambda b: memory  # type: ignore[method-assign]
+    model.eval()
+    out = model.training_loss(batch)
+    x = torch.cat([batch.x, model.replay_inputs(memory["x"])])
+    y = torch.cat([batch.y, memory["y"]])
+    f, maps = intermediates(model.backbone, x)
+    with torch.no_grad():
+        f_old, maps_old = intermediates(model.teacher.backbone, x)
+    factor = (6 / 2) ** 0.5
+
+    def pooled(m: torch.Tensor) -> torch.Tensor:  # width- and height-pooled squared map, normalised
+        return F.normalize(torch.cat([m.pow(2).sum(3).flatten(1), m.pow(2).sum(2).flatten(1)], 1), dim=1)
+
+    spatial = torch.stack(
+        [(pooled(m) - pooled(o)).norm(dim=1).mean() for m, o in zip(maps, maps_old, strict=True)]
+    ).mean()
+    assert len(maps) == 2 and maps[0].dim() == 4
+    assert torch.allclose(out["pod_spatial"], 3.0 * factor * spatial, atol=1e-6)
+    assert torch.allclose(out["pod_flat"], factor * (1 - F.cosine_similarity(f, f_old, dim=1)).mean(), atol=1e-6)
+    sims = PODNet.lsc(f, model.proxies, 3)
+    assert torch.allclose(model(x), model.scale * sims, atol=1e-6)
+    nca = PODNet.nca(sims, y, model.scale, 0.6)
+    assert torch.allclose(out["loss"], nca + out["pod_spatial"] + out["pod_flat"], atol=1e-5)
