@@ -6,6 +6,9 @@
 ``--suite strategies`` (default): every replay and regularization strategy plus Naive and Joint.
 ``--suite refresh``: ER and DER++ (memory 500, class-IL) with and without refresh learning
 (``configs/plugins/refresh.yaml``, the reference code's constants).
+``--suite catalogue``: the class-incremental methods of issue 17 (GEM, WA, BiC, LUCIR, MIR) beside ER on the same
+MLP, memories 500 and 50, class-IL, every row with a 10% validation split (BiC fits its correction on it; the others
+train on the same 90%); and PODNet beside ER on the convolutional ``SmallCNN`` (32, 64 channels), memory 500.
 ``--suite long``: task-IL with 10 epochs per task instead of 2 (Naive, the regularizers, ER and DER++ with 500, Joint),
 to see whether Naive forgets more with longer training.
 
@@ -72,6 +75,31 @@ def refresh_configurations(out: str) -> list[tuple[str, str, str, list[str]]]:
         args = [*BASE, "--config", f"configs/model/{config}.yaml", "--data.init_args.scenario=class"]
         runs.append(("class", f"{label} (500)", os.path.join(out, config), args))
         runs.append(("class", f"{label} (500) + refresh", os.path.join(out, f"{config}_refresh"), args + REFRESH))
+    return runs
+
+
+CATALOGUE: dict[str, tuple[str, str]] = {  # row label -> (model config, buffer argument)
+    "ER": ("er", "buffer_size"),
+    "GEM": ("gem", "buffer_size"),
+    "WA": ("wa", "buffer_size"),
+    "BiC": ("bic", "buffer_size"),
+    "LUCIR": ("lucir", "buffer_size"),
+    "MIR": ("mir", "buffer_size"),
+}
+CNN = ["--model.init_args.backbone=clfw.backbones.SmallCNN", "--model.init_args.backbone.init_args.in_channels=1"]
+
+
+def catalogue_configurations(out: str) -> list[tuple[str, str, str, list[str]]]:
+    """The classic class-incremental methods beside ER (MLP, memories 500 and 50), then PODNet and ER on SmallCNN."""
+    runs = []
+    base = [*BASE, "--data.init_args.scenario=class", "--data.init_args.val_fraction=0.1"]
+    for label, (config, buffer_arg) in CATALOGUE.items():
+        for size in BUFFERS:
+            args = [*base, "--config", f"configs/model/{config}.yaml", f"--model.init_args.{buffer_arg}={size}"]
+            runs.append(("class", f"{label} ({size})", os.path.join(out, f"{config}_{size}"), args))
+    for label, config in (("ER, SmallCNN", "er"), ("PODNet, SmallCNN", "podnet")):
+        args = [*base, "--config", f"configs/model/{config}.yaml", "--model.init_args.buffer_size=500", *CNN]
+        runs.append(("class", f"{label} (500)", os.path.join(out, f"{config}_cnn_500"), args))
     return runs
 
 
@@ -152,14 +180,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="configurations run in parallel")
-    parser.add_argument("--suite", choices=["strategies", "refresh", "long"], default="strategies")
+    parser.add_argument("--suite", choices=["strategies", "refresh", "long", "catalogue"], default="strategies")
     parser.add_argument("--out", help="output directory (default: results/split_mnist or results/refresh)")
     parser.add_argument("--table", help="where the tables are written (default: docs/results_<suite>_table.md)")
     parser.add_argument("--only-table", action="store_true", help="tabulate existing runs, run nothing")
     args = parser.parse_args()
     args.out = args.out or {"strategies": "results/split_mnist"}.get(args.suite, f"results/{args.suite}")
     args.table = args.table or f"docs/results_{args.suite}_table.md"
-    make = {"strategies": configurations, "refresh": refresh_configurations, "long": long_configurations}
+    make = {
+        "strategies": configurations,
+        "refresh": refresh_configurations,
+        "long": long_configurations,
+        "catalogue": catalogue_configurations,
+    }
     runs = make[args.suite](args.out)
     if not args.only_table:
         run_all(runs, args.seeds, args.jobs)
