@@ -32,6 +32,7 @@ from clfw.strategies.ranpac import RanPAC
 from clfw.strategies.refresh import Refresh
 from clfw.strategies.si import SI
 from clfw.strategies.simplecil import SimpleCIL
+from clfw.strategies.slca import SLCA
 from clfw.strategies.vit_baseline import ViTBaseline
 from clfw.strategies.weight_aligning import WeightAligning
 
@@ -50,6 +51,7 @@ __all__ = [
     "MAS",
     "MIR",
     "SI",
+    "SLCA",
     "BiasCorrection",
     "CODAPrompt",
     "Cumulative",

@@ -56,6 +56,7 @@ TINY_KWARGS: dict[str, dict[str, Any]] = {  # init_args as in a config file; clf
     "BiasCorrection": {"val_per_class": 4},  # a Plugin: tested on Naive (streams with a validation split)
     "RanPAC": {"projection_dim": 16},
     "SimpleCIL": {},
+    "SLCA": {"ca_epochs": 1, "samples_per_class": 8},
     "APER": {},
 }
 NAMES = sorted(clfw.strategies.__all__)
