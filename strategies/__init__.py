@@ -12,6 +12,7 @@ from clfw.strategies.derpp import DERPP
 from clfw.strategies.dualprompt import DualPrompt
 from clfw.strategies.er import ER
 from clfw.strategies.er_ace import ERACE
+from clfw.strategies.er_aml import ERAML
 from clfw.strategies.ewc import EWC
 from clfw.strategies.gdumb import GDumb
 from clfw.strategies.gem import GEM
@@ -44,6 +45,7 @@ __all__ = [
     "DERPP",
     "ER",
     "ERACE",
+    "ERAML",
     "EWC",
     "GEM",
     "L2P",

@@ -31,6 +31,7 @@ TINY_KWARGS: dict[str, dict[str, Any]] = {  # init_args as in a config file; clf
     "ERACE": {"buffer_size": 20, "replay_batch_size": 4},
     "LUCIR": {"buffer_size": 20, "replay_batch_size": 4},
     "PODNet": {"buffer_size": 20, "replay_batch_size": 4, "proxies_per_class": 2},
+    "ERAML": {"buffer_size": 20, "replay_batch_size": 4},
     "MIR": {"buffer_size": 20, "replay_batch_size": 4, "subsample": 8},
     "DER": {"buffer_size": 20, "replay_batch_size": 4, "alpha": 0.3},
     "DERPP": {"buffer_size": 20, "replay_batch_size": 4, "alpha": 0.2, "beta": 0.5},
