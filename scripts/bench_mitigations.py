@@ -74,7 +74,8 @@ def child(variant: str, results: str, out: str) -> None:
             yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "bench_mitigations.StepTimer",
                                                        "init_args": {"path": out}}]}}, f)  # fmt: skip
         main(["fit", "--config", "configs/stability_gap/split_mnist.yaml", "--config", override, "--config", timer,
-              "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+              "--data.init_args.epochs_per_task=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+              "--trainer.enable_model_summary=false",
               f"--trainer.default_root_dir={tmp}"])  # fmt: skip
 
 
