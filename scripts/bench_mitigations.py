@@ -4,15 +4,16 @@
     python scripts/bench_mitigations.py --rounds 5 --out results/bench_mitigations.json
 
 Each variant is the lab's Split MNIST run (``configs/stability_gap/split_mnist.yaml``: MLP 2x400, SGD, batch 32 plus 32
-replayed, memory 120) with the setting the lab chose on validation data (``results/stability_gap``; the first candidate
-of ``GRIDS`` where the lab has not run), without the per-iteration evaluation and without a logger. Every run is a fresh
-interpreter on one torch thread; rounds are interleaved (each round runs every variant once, in an order shuffled per
-round, seeded). A run's figure is the median time of its training steps of tasks 1-4 (the memory is full and every
-mitigation active), from ``on_train_batch_start`` to ``on_train_batch_end``: forward, backward, the mitigation's work
-inside the step, the optimizer step, memory insertion. Work outside the steps (LPR's preconditioner refresh happens
-inside the step that triggers it, so it is in; Refresh's and the others' task-end work, the nearest-mean head's class
-means, computed when the model is evaluated) is not. Reported: per variant the median over rounds of (its step time /
-ER's in the same round), with the min-max over rounds, and the median step time in ms.
+replayed, memory 120; 2 epochs per task instead of 10, which changes the number of steps, not their cost) with the
+setting the lab chose on validation data (``results/stability_gap``; the first candidate of ``GRIDS`` where the lab has
+not run), without the per-iteration evaluation and without a logger. Every run is a fresh interpreter on one torch
+thread; rounds are interleaved (each round runs every variant once, in an order shuffled per round, seeded). A run's
+figure is the median time of its training steps of tasks 1-4 (the memory is full and every mitigation active), from
+``on_train_batch_start`` to ``on_train_batch_end``: forward, backward, the mitigation's work inside the step, the
+optimizer step, memory insertion. Work outside the steps (LPR's preconditioner refresh happens inside the step that
+triggers it, so it is in; Refresh's and the others' task-end work, the nearest-mean head's class means, computed when
+the model is evaluated) is not. Reported: per variant the median over rounds of (its step time / ER's in the same
+round), with the min-max over rounds, and the median step time in ms.
 """
 
 from __future__ import annotations
