@@ -7,8 +7,8 @@
 ``--suite refresh``: ER and DER++ (memory 500, class-IL) with and without refresh learning
 (``configs/plugins/refresh.yaml``, the reference code's constants).
 ``--suite catalogue``: the class-incremental methods of issue 17 (GEM, WA, BiC, LUCIR, MIR, ER-AML) beside ER on the
-same MLP, memories 500 and 50, class-IL, every row with a 10% validation split (BiC fits its correction on it; the others
-train on the same 90%); and PODNet beside ER on the convolutional ``SmallCNN`` (32, 64 channels), memory 500.
+same MLP, memories 500 and 50, class-IL, every row with a 10% validation split (BiC fits its correction on it; the
+others train on the same 90%); and PODNet beside ER on the convolutional ``SmallCNN`` (32, 64 channels), memory 500.
 ``--suite long``: task-IL with 10 epochs per task instead of 2 (Naive, the regularizers, ER and DER++ with 500, Joint),
 to see whether Naive forgets more with longer training.
 
