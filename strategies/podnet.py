@@ -23,7 +23,7 @@ class PODNet(ER):
 
     - Local similarity classifier (LSC): ``K`` proxies per class; with ``s_ck`` the cosine of the features and proxy
       ``k`` of class ``c``, the class similarity is ``y_c = sum_k softmax_k(s_c) s_ck``, and logits are ``eta y_c``
-      with a learnable scale ``eta`` (:meth:`lsc`).
+      with a learnable scale ``eta``, initially 1 (:meth:`lsc`).
     - Its NCA loss with margin ``delta`` (Eq. 8): ``[-log(exp(eta (y_t - delta)) / sum_{c != t} exp(eta y_c))]_+``
       over the seen classes (:meth:`nca`), on the joint batch (incoming and replayed samples).
     - POD-spatial (Eq. 4-5) on each stage output of the backbone (:func:`clfw.backbones.intermediates`): per sample,
@@ -33,7 +33,9 @@ class PODNet(ER):
       ``sqrt(classes seen / new classes)``, as in the reference code.
 
     Deviations: ER's reservoir memory replayed as a separate minibatch (the paper uses herding exemplars in the batch);
-    no proxy imprinting and no class-balanced finetuning at the task's end. A stage output that is not a feature map
+    no proxy imprinting and no class-balanced finetuning at the task's end; ``eta`` is learned as ``exp`` of a
+    parameter, so it stays positive (a negative scale inverts every ranking and zeroes the hinge of the NCA loss: in a
+    first version here it did, and the model learned to predict the wrong class). A stage output that is not a feature map
     (an MLP's hidden layer) is distilled as the distance of its L2-normalised vectors (its POD-flat); the method is
     meant for convolutional backbones (SmallCNN, ResNet18, timm models with ``forward_intermediates``).
 
@@ -64,7 +66,7 @@ class PODNet(ER):
             )
         self.proxies_per_class, self.margin = proxies_per_class, margin
         self.spatial_factor, self.flat_factor = spatial_factor, flat_factor
-        self.scale = nn.Parameter(torch.ones(()))
+        self.log_scale = nn.Parameter(torch.zeros(()))  # eta = exp(log_scale): learnable, always positive
         self.teacher: ContinualModule | None = None
 
     @override
@@ -125,6 +127,11 @@ class PODNet(ER):
         return torch.stack(
             [(PODNet.pod(n) - PODNet.pod(o)).norm(dim=1).mean() for n, o in zip(new, old, strict=True)]
         ).mean()
+
+    @property
+    def scale(self) -> Tensor:
+        """The learnable scale ``eta`` of the logits (initially 1)."""
+        return self.log_scale.exp()
 
     @override
     def forward(self, x: Tensor) -> Tensor:
