@@ -32,12 +32,13 @@ class PODNet(ER):
       (:meth:`pod_spatial`); POD-flat: ``1 - cos`` of the final features. Both weighted by their factor times
       ``sqrt(classes seen / new classes)``, as in the reference code.
 
-    Deviations: ER's reservoir memory replayed as a separate minibatch (the paper uses herding exemplars in the batch);
-    no proxy imprinting and no class-balanced finetuning at the task's end; ``eta`` is learned as ``exp`` of a
-    parameter, so it stays positive (a negative scale inverts every ranking and zeroes the hinge of the NCA loss: in a
-    first version here it did, and the model learned to predict the wrong class). A stage output that is not a feature map
-    (an MLP's hidden layer) is distilled as the distance of its L2-normalised vectors (its POD-flat); the method is
-    meant for convolutional backbones (SmallCNN, ResNet18, timm models with ``forward_intermediates``).
+    Deviations: ER's reservoir memory replayed as a separate minibatch (the paper uses herding exemplars in the
+    batch); no proxy imprinting and no class-balanced finetuning at the task's end; ``eta`` is learned as ``exp`` of
+    a parameter, so it stays positive (a negative scale inverts every ranking and zeroes the hinge of the NCA loss:
+    in a first version here it did, and the model learned to predict the wrong class). A stage output that is not a
+    feature map (an MLP's hidden layer) is distilled as the distance of its L2-normalised vectors (its POD-flat);
+    the method is meant for convolutional backbones (SmallCNN, ResNet18, timm models with
+    ``forward_intermediates``).
 
     Args:
         proxies_per_class: ``K`` (the paper's 10).
