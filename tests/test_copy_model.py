@@ -11,6 +11,7 @@ from torch.nn import functional as F  # noqa: N812
 import clfw.strategies
 from clfw import ContinualModule
 from clfw.buffers import Memory
+from clfw.testing.checks import needs_validation
 from tests.helpers import TinyStream
 from tests.test_contract import NAMES, make
 
@@ -21,7 +22,8 @@ def attached(name: str, monkeypatch: pytest.MonkeyPatch, task: int = 1) -> tuple
     ``datamodule`` (the Trainer's, in a fit) is the stream itself here.
     """
     torch.manual_seed(0)
-    m, dm = make(name), TinyStream(n_tasks=2, batch_size=8)
+    m = make(name)
+    dm = TinyStream(n_tasks=2, batch_size=8, val_fraction=0.2 if needs_validation(m) else 0.0)
     monkeypatch.setattr(ContinualModule, "datamodule", property(lambda self: dm))
     m.attach_stream(dm)
     for t in range(task + 1):
@@ -84,7 +86,8 @@ def test_lwf_distills_the_models_own_predictions(name: str, monkeypatch: pytest.
     """
     torch.manual_seed(0)
     lwf = clfw.strategies.LwF(alpha=1.0, temperature=2.0)
-    m, dm = make(name), TinyStream(n_tasks=2, batch_size=8)
+    m = make(name)
+    dm = TinyStream(n_tasks=2, batch_size=8, val_fraction=0.2 if needs_validation(m) else 0.0)
     m.plugins.append(lwf)
     monkeypatch.setattr(ContinualModule, "datamodule", property(lambda self: dm))
     m.attach_stream(dm)
