@@ -39,10 +39,9 @@ class APER(SimpleCIL):
         return 2 * self._num_features(self.backbone)
 
     @override
-    def attach_stream(self, dm: Any) -> None:
-        super().attach_stream(dm)  # builds the backbone if none was given; no training has happened yet
-        if not hasattr(self, "pretrained"):
-            self.pretrained = copy.deepcopy(self.backbone).requires_grad_(False)
+    def build_for_stream(self) -> None:
+        super().build_for_stream()
+        self.pretrained = copy.deepcopy(self.backbone).requires_grad_(False)  # before any training
 
     @override
     def frozen_features(self, x: Tensor) -> Tensor:

@@ -57,8 +57,7 @@ class LUCIR(ER):
         self.teacher: ContinualModule | None = None
 
     @override
-    def attach_stream(self, dm: Any) -> None:
-        super().attach_stream(dm)
+    def build_for_stream(self) -> None:
         with torch.no_grad():
             self.head.bias.zero_()
         self.head.bias.requires_grad_(False)  # cosine logits have no bias (and DDP needs every trainable one used)

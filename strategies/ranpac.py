@@ -50,18 +50,16 @@ class RanPAC(FrozenFeatureModule):
         self.projection_dim, self.projection_seed = projection_dim, projection_seed
 
     @override
-    def attach_stream(self, dm: Any) -> None:
-        super().attach_stream(dm)
-        if not hasattr(self, "projection"):
-            m, k, d = self.projection_dim, self.stream.num_classes, self._num_features(self.backbone)
-            g = torch.Generator().manual_seed(self.projection_seed)
-            device = self.head.weight.device
-            self.register_buffer("projection", torch.randn(d, m, generator=g).to(device))
-            for name, shape in (("gram", (m, m)), ("gram_val", (m, m)), ("targets", (m, k)), ("targets_val", (m, k))):
-                self.register_buffer(name, torch.zeros(shape, dtype=torch.float64, device=device))
-            self.register_buffer("ridge_weights", torch.zeros(m, k, device=device))
-            self.register_buffer("n_val", torch.zeros((), dtype=torch.float64, device=device))
-            self.register_buffer("ridge", torch.zeros((), dtype=torch.float64, device=device))
+    def build_for_stream(self) -> None:
+        m, k, d = self.projection_dim, self.stream.num_classes, self._num_features(self.backbone)
+        g = torch.Generator().manual_seed(self.projection_seed)
+        device = self.head.weight.device
+        self.register_buffer("projection", torch.randn(d, m, generator=g).to(device))
+        for name, shape in (("gram", (m, m)), ("gram_val", (m, m)), ("targets", (m, k)), ("targets_val", (m, k))):
+            self.register_buffer(name, torch.zeros(shape, dtype=torch.float64, device=device))
+        self.register_buffer("ridge_weights", torch.zeros(m, k, device=device))
+        self.register_buffer("n_val", torch.zeros((), dtype=torch.float64, device=device))
+        self.register_buffer("ridge", torch.zeros((), dtype=torch.float64, device=device))
 
     def projected(self, x: Tensor) -> Tensor:
         """``h = relu(f(x) W)``."""

@@ -37,13 +37,11 @@ class SimpleCIL(FrozenFeatureModule):
         return self._num_features(self.backbone)
 
     @override
-    def attach_stream(self, dm: Any) -> None:
-        super().attach_stream(dm)
-        if not hasattr(self, "class_sums"):
-            device = self.head.weight.device
-            shape = (self.stream.num_classes, self.feature_dim())
-            self.register_buffer("class_sums", torch.zeros(shape, dtype=torch.float64, device=device))
-            self.register_buffer("class_counts", torch.zeros(shape[0], dtype=torch.float64, device=device))
+    def build_for_stream(self) -> None:
+        device = self.head.weight.device
+        shape = (self.stream.num_classes, self.feature_dim())
+        self.register_buffer("class_sums", torch.zeros(shape, dtype=torch.float64, device=device))
+        self.register_buffer("class_counts", torch.zeros(shape[0], dtype=torch.float64, device=device))
 
     def prototypes(self) -> Tensor:
         """Mean features of each class ``[num_classes, D]`` (zero rows for classes not seen)."""
