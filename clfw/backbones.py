@@ -11,6 +11,7 @@ timm model can be passed as a backbone instead; the classifier head belongs to :
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
@@ -40,6 +41,72 @@ class _Backbone(nn.Module):
             x = stage(x)
             outputs.append(x)
         return x, outputs
+
+
+def create_timm_model(
+    name: str, pretrained: bool = False, checkpoint_path: str | None = None, **kwargs: Any
+) -> nn.Module:
+    """A timm model without classifier (``num_classes=0``), from its name and weights.
+
+    ``name`` must carry a pretrained tag (``vit_base_patch16_224.augreg_in21k``) when weights are downloaded: timm's
+    bare names resolve to a default tag that changes between timm versions, and the pretrained-model methods' results
+    depend on the weights. ``pretrained=True`` downloads them (on a machine with internet); ``checkpoint_path`` loads a
+    local file instead (offline; the file names the weights, so the bare architecture name is enough). ``kwargs`` go
+    to ``timm.create_model`` (``img_size``, ``depth`` ... for small models).
+
+    Raises:
+        ValueError: ``pretrained`` with a name without tag.
+    """
+    if pretrained and "." not in name:
+        raise ValueError(
+            f"{name!r} has no pretrained tag: name the weights, e.g. 'vit_base_patch16_224.orig_in21k' (L2P, "
+            "DualPrompt), 'vit_base_patch16_224.augreg_in21k_ft_in1k' (CODA-Prompt)"
+        )
+    import timm  # only here: importing it costs a second
+
+    checkpoint = checkpoint_path or ""
+    return timm.create_model(name, pretrained=pretrained, num_classes=0, checkpoint_path=checkpoint, **kwargs)
+
+
+class TimmBackbone(nn.Module):
+    """A timm model (without classifier) as a config's ``backbone``, for the pretrained-model methods::
+
+        backbone:
+          class_path: clfw.backbones.TimmBackbone
+          init_args: {name: vit_base_patch16_224.augreg_in21k, pretrained: true}
+
+    The model is :attr:`model`; the feature interface (``forward_features``, ``forward_head``,
+    ``forward_intermediates``, ``num_features``) is its own. Weights as :func:`create_timm_model` loads them.
+
+    Args:
+        name: timm model name, with its pretrained tag when ``pretrained``.
+        pretrained: Download the named weights (needs internet; use ``checkpoint_path`` offline).
+        checkpoint_path: Local file of the model's weights (``timm.create_model(checkpoint_path=...)``).
+        model_kwargs: Extra arguments of ``timm.create_model`` (``img_size``, ``depth`` ... for small models).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = create_timm_model(name, pretrained, checkpoint_path, **(model_kwargs or {}))
+        self.num_features: int = self.model.num_features
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.model.forward_features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = True) -> Tensor:
+        return self.model.forward_head(x, pre_logits=pre_logits)
+
+    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        return self.model.forward_intermediates(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
 
 
 def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:

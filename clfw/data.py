@@ -6,6 +6,7 @@ into model inputs by a transform that takes a whole batch, so replay buffers and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, NamedTuple
@@ -528,6 +529,88 @@ class RandomCropFlip(nn.Module):
         if self.flip:
             out = torch.where(torch.rand(b, 1, 1, 1, device=dev) < 0.5, out.flip(-1), out)
         return out
+
+
+class StrongAugment(nn.Module):
+    """Batch augmentation of images ``[B, C, H, W]`` valued in ``[0, scale]`` (``uint8`` as stored), each sample drawn
+    independently: the SimCLR-style strong augmentation of Mammoth's ``strong_aug`` (X-DER's future preparation): a
+    horizontal flip (p 1/2), ``RandomResizedCrop(scale=(0.2, 1), ratio=(3/4, 4/3))`` back to ``H x W``, with
+    probability 0.8 a colour jitter (brightness, contrast, saturation 0.4, hue 0.1; saturation and hue leave 1-channel
+    images alone, as torchvision does) and with probability 0.2 grayscale (3-channel images). Returns floats in
+    ``[0, scale]``, for the stream's evaluation transform (normalisation) to take. Draws come from the global generator
+    on the input's device.
+
+    Deviations from torchvision's per-image transforms: the crop is resampled bilinearly without antialiasing and not
+    rounded to ``uint8``; the jitter applies brightness, contrast, saturation, hue in this order (torchvision draws a
+    random order); a crop that finds no valid box in its 10 tries takes the whole image (torchvision's fallback for a
+    square image; for other aspects it would clamp the ratio).
+
+    Args:
+        scale: The inputs' maximum value (255 for ``uint8`` images, 1 for images in ``[0, 1]``).
+    """
+
+    def __init__(self, scale: float = 255.0) -> None:
+        super().__init__()
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        dev, img = x.device, x.float() / self.scale
+        img = torch.where(torch.rand(b, 1, 1, 1, device=dev) < 0.5, img.flip(-1), img)
+        area = h * w * torch.empty(b, 10, device=dev).uniform_(0.2, 1.0)
+        ratio = torch.exp(torch.empty(b, 10, device=dev).uniform_(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = torch.sqrt(area * ratio).round(), torch.sqrt(area / ratio).round()
+        ok = (cw >= 1) & (cw <= w) & (ch >= 1) & (ch <= h)
+        first = ok.int().argmax(1, keepdim=True)  # the first valid try, as torchvision's loop
+        cw = torch.where(ok.any(1), cw.gather(1, first).squeeze(1), torch.full_like(area[:, 0], w))
+        ch = torch.where(ok.any(1), ch.gather(1, first).squeeze(1), torch.full_like(area[:, 0], h))
+        top = torch.floor(torch.rand(b, device=dev) * (h - ch + 1))
+        left = torch.floor(torch.rand(b, device=dev) * (w - cw + 1))
+        theta = torch.zeros(b, 2, 3, device=dev)  # output [-1, 1] -> the box's edges, in align_corners=False units
+        theta[:, 0, 0], theta[:, 0, 2] = cw / w, (2 * left + cw) / w - 1
+        theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * top + ch) / h - 1
+        grid = nn.functional.affine_grid(theta, [b, c, h, w], align_corners=False)
+        lo = torch.stack([(2 * left + 1) / w, (2 * top + 1) / h], 1).view(b, 1, 1, 2) - 1  # the box's pixel centres:
+        hi = torch.stack([(2 * (left + cw) - 1) / w, (2 * (top + ch) - 1) / h], 1).view(b, 1, 1, 2) - 1  # its edges
+        grid = torch.minimum(torch.maximum(grid, lo), hi)  # repeat, as a resize of the cropped image does
+        img = nn.functional.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        jitter = (torch.rand(b, device=dev) < 0.8).view(b, 1, 1, 1)
+        factors = torch.empty(b, 3, 1, 1, 1, device=dev).uniform_(0.6, 1.4)  # brightness, contrast, saturation
+        hue = torch.empty(b, device=dev).uniform_(-0.1, 0.1)
+        out = (img * factors[:, 0]).clamp(0, 1)
+        mean = _gray(out).mean((1, 2, 3), keepdim=True)
+        out = (factors[:, 1] * out + (1 - factors[:, 1]) * mean).clamp(0, 1)
+        if c == 3:
+            out = (factors[:, 2] * out + (1 - factors[:, 2]) * _gray(out)).clamp(0, 1)
+            out = _shift_hue(out, hue)
+        img = torch.where(jitter, out, img)
+        if c == 3:
+            img = torch.where(torch.rand(b, 1, 1, 1, device=dev) < 0.2, _gray(img).expand_as(img), img)
+        return img * self.scale
+
+
+def _gray(x: Tensor) -> Tensor:
+    """Luma ``[B, 1, H, W]`` of RGB images (ITU-R 601-2 weights, as torchvision), or the image if it has one channel."""
+    if x.shape[1] == 1:
+        return x
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """RGB images in ``[0, 1]`` with their hue rotated by ``shift[i]`` turns (through HSV, as torchvision's
+    ``adjust_hue``)."""
+    v, _ = x.max(1)
+    delta = v - x.min(1).values
+    r, g, b = x.unbind(1)
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    hue = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
+    hue = torch.remainder(hue + shift.view(-1, 1, 1), 1.0)
+    sat = torch.where(v > 0, delta / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v))
+    k = torch.remainder(torch.stack([5.0 + 6 * hue, 3.0 + 6 * hue, 1.0 + 6 * hue], 1), 6.0)
+    return v.unsqueeze(1) * (1 - sat.unsqueeze(1) * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
 
 
 class CenterCrop(nn.Module):

@@ -15,14 +15,15 @@ current task's classes in class-IL, and an optimizer re-created at every task.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-import timm
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 from typing_extensions import override
 
+from clfw.backbones import create_timm_model
 from clfw.data import Batch
 from clfw.module import ContinualModule
 
@@ -30,20 +31,14 @@ Prefix = tuple[Tensor, Tensor]  # (keys, values), each [B, L, embed_dim]
 
 
 def create_vit(name: str, pretrained: bool = False, checkpoint_path: str | None = None, **kwargs: Any) -> nn.Module:
-    """A timm Vision Transformer without classifier (``num_classes=0``).
+    """A timm Vision Transformer without classifier (``num_classes=0``), loaded as
+    :func:`~clfw.backbones.create_timm_model` does (a pretrained tag required with ``pretrained``, or a local
+    ``checkpoint_path``; ``kwargs`` to ``timm.create_model``).
 
-    ``name`` must carry a pretrained tag (``vit_base_patch16_224.orig_in21k``) when weights are loaded: timm's bare
-    names resolve to a default tag that changes between timm versions, and prompt methods' results depend on the
-    weights. ``pretrained=True`` downloads them (on a machine with internet); ``checkpoint_path`` loads a local file
-    instead (offline; the file names the weights, so the bare architecture name is enough). ``kwargs`` go to
-    ``timm.create_model`` (e.g. ``img_size``, ``depth`` for small models).
+    Raises:
+        ValueError: no pretrained tag, or the model is not a timm VisionTransformer.
     """
-    if pretrained and "." not in name:
-        raise ValueError(
-            f"vit={name!r} has no pretrained tag: name the weights, e.g. 'vit_base_patch16_224.orig_in21k' (L2P, "
-            "DualPrompt) or 'vit_base_patch16_224.augreg_in21k_ft_in1k' (CODA-Prompt)"
-        )
-    vit = timm.create_model(name, pretrained=pretrained, num_classes=0, checkpoint_path=checkpoint_path or "", **kwargs)
+    vit = create_timm_model(name, pretrained, checkpoint_path, **kwargs)
     if not all(hasattr(vit, a) for a in ("patch_embed", "_pos_embed", "blocks", "norm", "num_prefix_tokens")):
         raise ValueError(f"{name!r} is not a timm VisionTransformer (needs patch_embed, _pos_embed, blocks, norm)")
     return vit
@@ -57,15 +52,18 @@ def vit_tokens(vit: nn.Module, x: Tensor) -> Tensor:
     return vit.norm_pre(x)
 
 
-def prefix_attention(attn: nn.Module, x: Tensor, prefix: Prefix | None = None) -> Tensor:
+def prefix_attention(
+    attn: nn.Module, x: Tensor, prefix: Prefix | None = None, qkv_fn: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
     """timm ``Attention.forward`` with ``prefix`` keys and values prepended to the sequence's (prefix tuning).
 
     The prefixes enter after the ``qkv`` projection (and after ``k_norm``), split into heads like the keys and values;
-    queries are the sequence's own, so the output has the sequence's length. ``prefix=None`` is timm's forward.
+    queries are the sequence's own, so the output has the sequence's length. ``qkv_fn`` replaces ``attn.qkv`` (a
+    low-rank-adapted projection: InfLoRA). ``prefix=None`` and ``qkv_fn=None`` is timm's forward.
     """
     b, n, _ = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    qkv = (qkv_fn or attn.qkv)(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     if prefix is not None:
@@ -82,9 +80,11 @@ def prefix_attention(attn: nn.Module, x: Tensor, prefix: Prefix | None = None) -
     return attn.proj_drop(attn.proj(x))
 
 
-def block_forward(block: nn.Module, x: Tensor, prefix: Prefix | None = None) -> Tensor:
-    """timm ``Block.forward`` whose attention gets ``prefix`` keys and values."""
-    x = x + block.drop_path1(block.ls1(prefix_attention(block.attn, block.norm1(x), prefix)))
+def block_forward(
+    block: nn.Module, x: Tensor, prefix: Prefix | None = None, qkv_fn: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
+    """timm ``Block.forward`` whose attention gets ``prefix`` keys and values (and ``qkv_fn`` for its ``qkv``)."""
+    x = x + block.drop_path1(block.ls1(prefix_attention(block.attn, block.norm1(x), prefix, qkv_fn)))
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
@@ -118,6 +118,9 @@ class PromptModule(ContinualModule):
         checkpoint_path: Local file of the ViT's weights (``timm.create_model(checkpoint_path=...)``).
         vit_kwargs: Extra arguments of ``timm.create_model`` (``img_size``, ``depth`` ... for small models).
         cache_queries: Cache the frozen ViT's query per training sample (only without augmentation).
+        reset_optimizer_per_task: Re-create the optimizer (and schedule) at every task start, as the prompt papers do
+            (declared here, not set from ``kwargs``, so that a config's default is this one and not
+            :class:`~clfw.ContinualModule`'s ``False``).
         **kwargs: Arguments of :class:`~clfw.ContinualModule` (num_classes, optimizer, lr_scheduler, plugins).
     """
 
@@ -130,15 +133,17 @@ class PromptModule(ContinualModule):
         checkpoint_path: str | None = None,
         vit_kwargs: dict[str, Any] | None = None,
         cache_queries: bool = False,
+        reset_optimizer_per_task: bool = True,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("backbone") is not None:
             raise ValueError("prompt strategies build their backbone from `vit`; do not pass `backbone`")
-        kwargs.setdefault("reset_optimizer_per_task", True)
         backbone = (
             vit if isinstance(vit, nn.Module) else create_vit(vit, pretrained, checkpoint_path, **(vit_kwargs or {}))
         )
-        super().__init__(backbone=backbone.requires_grad_(False), **kwargs)
+        super().__init__(
+            backbone=backbone.requires_grad_(False), reset_optimizer_per_task=reset_optimizer_per_task, **kwargs
+        )
         self.embed_dim: int = backbone.num_features
         self.cache_queries = cache_queries
         self._queries: dict[tuple[int, int], Tensor] = {}

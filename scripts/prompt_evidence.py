@@ -45,15 +45,35 @@ from clfw.benchmarks.mnist import MNIST_MEAN, MNIST_STD, load_mnist
 from clfw.prompt import create_vit
 
 VIT = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=64, depth=4, num_heads=4)
-METHODS = {
-    "L2P": "l2p",
-    "DualPrompt": "dualprompt",
-    "CODA-Prompt": "coda_prompt",
-    "linear probe": "linear_probe",
-    "Naive fine-tuning": "finetune",
+SUITES = {  # --suite: the methods compared, each with its config of configs/prompt_digits/
+    "prompts": {
+        "L2P": "l2p",
+        "DualPrompt": "dualprompt",
+        "CODA-Prompt": "coda_prompt",
+        "linear probe": "linear_probe",
+        "Naive fine-tuning": "finetune",
+    },
+    "pretrained": {
+        "SimpleCIL": "simplecil",
+        "APER": "aper",
+        "RanPAC": "ranpac",
+        "SLCA": "slca",
+        "InfLoRA": "inflora",
+        "EASE": "ease",
+    },
 }
-LR_GRID = {config: (1e-3, 3e-3, 1e-2, 3e-2) for config in METHODS.values()} | {"finetune": (1e-5, 3e-5, 1e-4, 3e-4)}
+FINETUNE_LRS = (1e-5, 3e-5, 1e-4, 3e-4)  # methods training the whole ViT with Adam
+LR_GRID = {config: (1e-3, 3e-3, 1e-2, 3e-2) for suite in SUITES.values() for config in suite.values()} | {
+    "finetune": FINETUNE_LRS,
+    "aper": FINETUNE_LRS,
+    "ranpac": FINETUNE_LRS,
+    "simplecil": (1e-3,),  # nothing trains: one setting
+    "inflora": (1e-4, 3e-4, 1e-3, 3e-3),  # around the reference's 5e-4 (Adam)
+    "ease": (3e-3, 1e-2, 3e-2, 1e-1),  # around the reference's 0.025 (SGD)
+}
 EPOCH_GRID = (5, 20)  # epochs per task
+EPOCHS = {"simplecil": (1,)}  # one pass over each task (its zero-loss steps change nothing)
+BACKBONE_CONFIGS = ("simplecil", "aper", "ranpac", "slca")  # the checkpoint goes to their backbone, not the strategy
 FONTS = [  # matplotlib's Latin text fonts (its other files are symbols or math extensions)
     *(f"DejaVu{f}{s}.ttf" for f in ("Sans", "SansMono") for s in ("", "-Bold", "-Oblique", "-BoldOblique")),
     *(f"DejaVuSerif{s}.ttf" for s in ("", "-Bold", "-Italic", "-BoldItalic")),
@@ -167,7 +187,8 @@ def pretrain(kind: str, epochs: int, checkpoint: str) -> None:
 def fit_args(kind: str, config: str, checkpoint: str, setting: tuple[float, int] | None) -> list[str]:
     classes, n_tasks = STREAMS[kind]
     args = ["--config", "configs/prompt_digits/base.yaml", "--config", f"configs/prompt_digits/{config}.yaml"]
-    args += [f"--model.init_args.checkpoint_path={checkpoint}", f"--data.init_args.classes={classes}"]
+    owner = "--model.init_args.backbone.init_args" if config in BACKBONE_CONFIGS else "--model.init_args"
+    args += [f"{owner}.checkpoint_path={checkpoint}", f"--data.init_args.classes={classes}"]
     args.append(f"--data.init_args.n_tasks={n_tasks}")
     if config == "dualprompt":
         args.append(f"--model.init_args.e_pool_size={n_tasks}")
@@ -190,30 +211,38 @@ def validation_accuracy(out: str, seed: int) -> float:
     return 100 * sum(last) / len(last)
 
 
-def select(kind: str, out: str, checkpoint: str, seed: int, jobs: int) -> dict[str, tuple[float, int]]:
+def select(
+    methods: dict[str, str], kind: str, out: str, checkpoint: str, seed: int, jobs: int, prefix: str
+) -> dict[str, tuple[float, int]]:
     """Runs every method's (lr, epochs) grid on ``seed``; returns each method's best by final validation accuracy."""
-    grid = [(c, (lr, ep)) for c in METHODS.values() for lr in LR_GRID[c] for ep in EPOCH_GRID]
+    grid = [(c, (lr, ep)) for c in methods.values() for lr in LR_GRID[c] for ep in EPOCHS.get(c, EPOCH_GRID)]
     run_all([("class", c, directory(out, c, s), fit_args(kind, c, checkpoint, s)) for c, s in grid], [seed], jobs)
     lines = [
         "| method | lr | " + " | ".join(f"{ep} epochs" for ep in EPOCH_GRID) + " |",
         "|---" * (2 + len(EPOCH_GRID)) + "|",
     ]
     chosen = {}
-    for label, config in METHODS.items():
+    for label, config in methods.items():
+        epochs = EPOCHS.get(config, EPOCH_GRID)
         scores = {
             (lr, ep): validation_accuracy(directory(out, config, (lr, ep)), seed)
             for lr in LR_GRID[config]
-            for ep in EPOCH_GRID
+            for ep in epochs
         }
         chosen[config] = max(scores, key=scores.get)
         for lr in LR_GRID[config]:
+            if epochs != EPOCH_GRID:
+                lines.append(
+                    f"| {label} | {lr:g} | {scores[lr, epochs[0]]:.1f} ({epochs[0]} epoch, nothing trains) | |"
+                )
+                continue
             cells = [
                 f"**{scores[lr, ep]:.1f}**" if (lr, ep) == chosen[config] else f"{scores[lr, ep]:.1f}"
                 for ep in EPOCH_GRID
             ]
             lines.append(f"| {label} | {lr:g} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    with open(f"docs/results_prompt_{kind}_selection.md", "w") as f:
+    with open(f"docs/results_{prefix}_{kind}_selection.md", "w") as f:
         f.write(f"Final validation accuracy (%, seed {seed}); in bold the setting chosen per method\n\n{table}\n")
     print(table)
     return chosen
@@ -222,6 +251,13 @@ def select(kind: str, out: str, checkpoint: str, seed: int, jobs: int) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pretraining", choices=list(STREAMS), default="letters")
+    parser.add_argument(
+        "--suite",
+        choices=list(SUITES),
+        default="prompts",
+        help="prompts: L2P, DualPrompt, CODA-Prompt, the linear probe and fine-tuning (docs/results_prompt_*); "
+        "pretrained: SimpleCIL, APER, RanPAC, SLCA, InfLoRA, EASE (docs/results_pretrained_*)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="default: 20 for letters, 15 otherwise")
@@ -234,15 +270,18 @@ def main() -> None:
     checkpoint = f"results/prompt_evidence/vit_{kind}.pth"
     if not os.path.exists(checkpoint):
         pretrain(kind, args.pretrain_epochs or (20 if kind == "letters" else 15), checkpoint)
+    methods, prefix = SUITES[args.suite], "prompt" if args.suite == "prompts" else args.suite
     chosen = (
-        {c: None for c in METHODS.values()} if args.fixed else select(kind, out, checkpoint, args.seeds[0], args.jobs)
+        {c: None for c in methods.values()}
+        if args.fixed
+        else select(methods, kind, out, checkpoint, args.seeds[0], args.jobs, prefix)
     )
     runs = [
         ("class", label, directory(out, config, chosen[config]), fit_args(kind, config, checkpoint, chosen[config]))
-        for label, config in METHODS.items()
+        for label, config in methods.items()
     ]
     run_all(runs, args.seeds, args.jobs)
-    write_tables(out, runs, f"docs/results_prompt_{kind}_table.md", columns=("ACC", "forgetting", "BWT"))
+    write_tables(out, runs, f"docs/results_{prefix}_{kind}_table.md", columns=("ACC", "forgetting", "BWT"))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from clfw.strategies.cumulative import Cumulative
 from clfw.strategies.der import DER
 from clfw.strategies.derpp import DERPP
 from clfw.strategies.dualprompt import DualPrompt
+from clfw.strategies.ease import EASE
 from clfw.strategies.er import ER
 from clfw.strategies.er_ace import ERACE
 from clfw.strategies.er_aml import ERAML
@@ -18,6 +19,7 @@ from clfw.strategies.gdumb import GDumb
 from clfw.strategies.gem import GEM
 from clfw.strategies.gradient_projection import GradientProjection
 from clfw.strategies.icarl import ICaRL
+from clfw.strategies.inflora import InfLoRA
 from clfw.strategies.joint import Joint
 from clfw.strategies.l2p import L2P
 from clfw.strategies.lpr import LayerwiseProximalReplay
@@ -36,6 +38,7 @@ from clfw.strategies.simplecil import SimpleCIL
 from clfw.strategies.slca import SLCA
 from clfw.strategies.vit_baseline import ViTBaseline
 from clfw.strategies.weight_aligning import WeightAligning
+from clfw.strategies.xder import XDER
 
 __all__ = [
     "AGEM",
@@ -43,6 +46,7 @@ __all__ = [
     "CLSER",
     "DER",
     "DERPP",
+    "EASE",
     "ER",
     "ERACE",
     "ERAML",
@@ -54,6 +58,7 @@ __all__ = [
     "MIR",
     "SI",
     "SLCA",
+    "XDER",
     "BiasCorrection",
     "CODAPrompt",
     "Cumulative",
@@ -61,6 +66,7 @@ __all__ = [
     "GDumb",
     "GradientProjection",
     "ICaRL",
+    "InfLoRA",
     "Joint",
     "LRWarmup",
     "LayerwiseProximalReplay",

@@ -35,6 +35,7 @@ TINY_KWARGS: dict[str, dict[str, Any]] = {  # init_args as in a config file; clf
     "MIR": {"buffer_size": 20, "replay_batch_size": 4, "subsample": 8},
     "DER": {"buffer_size": 20, "replay_batch_size": 4, "alpha": 0.3},
     "DERPP": {"buffer_size": 20, "replay_batch_size": 4, "alpha": 0.2, "beta": 0.5},
+    "XDER": {"buffer_size": 20, "replay_batch_size": 4, "supcon_batch_size": 4, "eta": 0.1, "m": 0.3},
     "AGEM": {"buffer_size": 20, "sample_size": 8},
     "GEM": {"buffer_size": 20, "memory_strength": 0.5},
     "ICaRL": {"memory_size": 20, "replay_batch_size": 4},
@@ -47,7 +48,9 @@ TINY_KWARGS: dict[str, dict[str, Any]] = {  # init_args as in a config file; clf
     "L2P": {**TINY_VIT, "pool_size": 4, "prompt_length": 2, "top_k": 2},  # prompt strategies: on the tiny ViT
     "DualPrompt": {**TINY_VIT, "g_length": 2, "g_layers": [0], "e_pool_size": 2, "e_length": 2, "e_layers": [1, 2]},
     "CODAPrompt": {**TINY_VIT, "pool_size": 4, "prompt_length": 2, "layers": [0, 1], "ortho_weight": 0.1},
+    "EASE": {**TINY_VIT, "bottleneck": 4},
     "ViTBaseline": {**TINY_VIT, "finetune": True},
+    "InfLoRA": {**TINY_VIT, "rank": 2, "threshold": 0.9},
     "CLSER": {"buffer_size": 20, "replay_batch_size": 4, "consistency_weight": 0.5, "stable_update_freq": 0.7},
     "GradientProjection": {"sample_size": 8},  # a Plugin: tested on ER (needs its memory)
     "LRWarmup": {"warmup_steps": 3},  # a Plugin: tested on Naive
@@ -112,6 +115,7 @@ def test_strategy_passes_the_contract_checks(name: str, tmp_path: Path) -> None:
         ("ICaRL", {"memory_size": 3}, "memory_size=3"),
         ("ER", {"replay_batch_size": 0}, "replay_batch_size"),
         ("DERPP", {"beta": -1.0}, "beta"),
+        ("XDER", {"num_views": 1}, "num_views"),
         ("GDumb", {"epochs": 0}, "epochs"),
     ],
 )

@@ -160,3 +160,36 @@ def test_weights_by_name_and_tag_or_from_a_local_file(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="backbone"):
         clfw.strategies.L2P(vit=source, backbone=torch.nn.Identity())
+
+
+def test_a_timm_backbone_from_a_local_file_has_the_models_features(tmp_path: Path) -> None:
+    """``clfw.backbones.TimmBackbone`` (a config's backbone for SimpleCIL, APER, RanPAC, SLCA): the checkpoint's
+    weights, the timm model's features and intermediates, and the tag check."""
+    from clfw.backbones import TimmBackbone, intermediates
+
+    with pytest.raises(ValueError, match="no pretrained tag"):
+        TimmBackbone("vit_tiny_patch16_224", pretrained=True)
+    torch.manual_seed(1)
+    source = tiny_vit().eval()
+    torch.save(source.state_dict(), tmp_path / "vit.pth")
+    torch.manual_seed(2)
+    kwargs = dict(img_size=4, patch_size=2, in_chans=1, embed_dim=16, depth=3, num_heads=2)
+    backbone = TimmBackbone("vit_tiny_patch16_224", checkpoint_path=str(tmp_path / "vit.pth"), model_kwargs=kwargs)
+    x = torch.randn(3, 1, 4, 4)
+    assert backbone.num_features == 16
+    assert torch.equal(backbone.eval()(x), source(x))
+    pooled, maps = intermediates(backbone, x)
+    assert torch.equal(pooled, source(x)) and len(maps) == 3
+
+
+@pytest.mark.parametrize("name", ["L2P", "DualPrompt", "CODAPrompt", "ViTBaseline", "EASE", "InfLoRA"])
+def test_from_a_config_the_optimizer_is_re_created_at_every_task(name: str) -> None:
+    """The prompt papers re-create the optimizer per task. The default once came from ``kwargs.setdefault``, which a
+    config never reached: jsonargparse passes ContinualModule's own default (False) explicitly, so every prompt run
+    from the CLI kept one optimizer (Adam's moments) across tasks."""
+    from clfw.testing import build_model, model_config
+    from tests.test_contract import TINY_KWARGS
+
+    model = build_model(model_config(f"clfw.strategies.{name}", TINY_KWARGS[name]))
+    assert model.reset_optimizer_per_task is True
+    assert make("L2P").reset_optimizer_per_task is True  # built in Python as before

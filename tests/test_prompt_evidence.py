@@ -43,7 +43,36 @@ def test_letters_are_rendered_mnist_style_from_every_font(evidence) -> None:
         assert min(np.abs(a - b).mean() for i, a in enumerate(flat) for b in flat[i + 1 :]) > 10, font
 
 
-@pytest.mark.parametrize("config", ["l2p", "dualprompt", "coda_prompt", "linear_probe", "finetune"])
+FITTED = ["l2p", "dualprompt", "coda_prompt", "linear_probe", "finetune", "slca"]  # slca: a TimmBackbone config
+BUILT = ["simplecil", "aper", "ranpac", "inflora", "ease"]  # the other configs: built with the script's arguments
+
+
+@pytest.mark.parametrize("config", BUILT)
+def test_the_other_evidence_configs_build_from_a_checkpoint_with_the_scripts_arguments(
+    evidence, config: str, tmp_path
+) -> None:
+    """Their model section with the script's checkpoint argument, instantiated as ``clfw fit`` does (fitting every
+    config would cost a minute each; the fitted ones cover both ways the checkpoint is passed)."""
+    import yaml
+
+    from clfw.testing import build_model
+
+    checkpoint = tmp_path / "vit.pth"
+    source = create_vit("vit_tiny_patch16_224", **evidence.VIT)
+    torch.save(source.state_dict(), checkpoint)
+    (arg,) = [a for a in evidence.fit_args("digits", config, str(checkpoint), (1e-3, 1)) if "checkpoint_path" in a]
+    keys, value = arg.removeprefix("--").split("=", 1)
+    model = yaml.safe_load((ROOT / "configs" / "prompt_digits" / f"{config}.yaml").read_text())
+    node = model
+    for key in keys.split(".")[:-1]:
+        node = node[key]
+    node[keys.split(".")[-1]] = value
+    built = build_model(model["model"])
+    vit = built.backbone.model if hasattr(built.backbone, "model") else built.backbone
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), vit.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("config", FITTED)
 def test_evidence_configs_run_from_a_checkpoint_with_the_scripts_arguments(
     evidence, config: str, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
