@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -42,3 +44,9 @@ def sum_across_ranks(tensors: list[Tensor]) -> None:
     dist.all_reduce(flat)
     for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
         t.copy_(part.view_as(t))
+
+
+def zero_reaching(parameters: Iterable[Tensor], device: torch.device | str | None = None) -> Tensor:
+    """A zero scalar whose graph reaches every tensor of ``parameters``: added to a loss it gives each a (zero)
+    gradient, so DDP, which reduces the gradients of every parameter it was given, finds them all."""
+    return sum((p.sum() for p in parameters), torch.zeros((), device=device)) * 0.0

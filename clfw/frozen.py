@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from clfw.data import Batch
+from clfw.distributed import zero_reaching
 from clfw.evaluation import eval_mode
 from clfw.module import ContinualModule
 
@@ -47,7 +48,7 @@ class FrozenFeatureModule(ContinualModule):
     def training_loss(self, batch: Batch) -> Tensor | dict[str, Tensor] | None:
         if self.adapting:
             return super().training_loss(batch)
-        return sum((p.sum() for p in self.network_parameters()), torch.zeros((), device=self.device)) * 0.0
+        return zero_reaching(self.network_parameters(), self.device)
 
     @override
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

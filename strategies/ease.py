@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from clfw import Batch
 from clfw.adapters import run_adapted_blocks, vit_adapters
-from clfw.distributed import sum_across_ranks, world
+from clfw.distributed import sum_across_ranks, world, zero_reaching
 from clfw.evaluation import eval_mode
 from clfw.prompt import PromptModule, cosine, vit_tokens
 from clfw.seeding import derived_generator
@@ -158,8 +158,8 @@ class EASE(PromptModule):
         if world()[1] > 1:
             # the other tasks' adapters are not in this graph: a zero term gives them (zero) gradients, so DDP, which
             # reduces the gradients of every parameter it was given, sees each of them (the optimizer has task t's)
-            others = [p.sum() for k, a in enumerate(self.adapters) if k != self.current_task for p in a.parameters()]
-            loss = loss + 0.0 * sum(others, loss.new_zeros(()))
+            others = [p for k, a in enumerate(self.adapters) if k != self.current_task for p in a.parameters()]
+            loss = loss + zero_reaching(others, loss.device)
         return {"loss": loss, "logits": logits}
 
     @override
