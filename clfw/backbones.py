@@ -10,6 +10,7 @@ timm model can be passed as a backbone instead; the classifier head belongs to :
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,13 +56,15 @@ def create_timm_model(
     to ``timm.create_model`` (``img_size``, ``depth`` ... for small models).
 
     Raises:
-        ValueError: ``pretrained`` with a name without tag.
+        ValueError: ``pretrained`` with a name without tag, or a ``checkpoint_path`` that is not a file.
     """
     if pretrained and "." not in name:
         raise ValueError(
             f"{name!r} has no pretrained tag: name the weights, e.g. 'vit_base_patch16_224.orig_in21k' (L2P, "
             "DualPrompt), 'vit_base_patch16_224.augreg_in21k_ft_in1k' (CODA-Prompt)"
         )
+    if checkpoint_path and not os.path.isfile(checkpoint_path):
+        raise ValueError(f"checkpoint_path={checkpoint_path!r} is not a file (expected the model's weights, saved)")
     import timm  # only here: importing it costs a second
 
     checkpoint = checkpoint_path or ""

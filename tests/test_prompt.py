@@ -169,6 +169,8 @@ def test_a_timm_backbone_from_a_local_file_has_the_models_features(tmp_path: Pat
 
     with pytest.raises(ValueError, match="no pretrained tag"):
         TimmBackbone("vit_tiny_patch16_224", pretrained=True)
+    with pytest.raises(ValueError, match=r"missing\.pth' is not a file"):  # timm's own error is a traceback
+        TimmBackbone("vit_tiny_patch16_224", checkpoint_path=str(tmp_path / "missing.pth"))
     torch.manual_seed(1)
     source = tiny_vit().eval()
     torch.save(source.state_dict(), tmp_path / "vit.pth")
