@@ -147,6 +147,7 @@ class PromptModule(ContinualModule):
         self.embed_dim: int = backbone.num_features
         self.cache_queries = cache_queries
         self._queries: dict[tuple[int, int], Tensor] = {}
+        self._fixed: tuple[int, list[Tensor]] | None = None  # (task, fixed_parts' values when it started)
 
     @override
     def attach_stream(self, dm: Any) -> None:
@@ -157,6 +158,26 @@ class PromptModule(ContinualModule):
     @override
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+
+    def fixed_parts(self) -> list[tuple[nn.Parameter, tuple[slice, ...]]]:
+        """``(parameter, index)`` of the parts the current task must not move (the earlier tasks' components of
+        CODA-Prompt, the other tasks' ``B`` of InfLoRA): remembered when a task's training starts (or resumes) and
+        written back after every optimizer step, undoing what weight decay and momentum did to them, so that every
+        evaluation, task end and checkpoint of that step sees them unchanged. None by default."""
+        return []
+
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._fixed is None or self._fixed[0] != self.current_task:  # a new task, or resumed mid-task
+            self._fixed = (self.current_task, [p[index].detach().clone() for p, index in self.fixed_parts()])
+
+    @override
+    def after_optimizer_step(self) -> None:
+        if self._fixed is None:
+            return
+        with torch.no_grad():
+            for (p, index), kept in zip(self.fixed_parts(), self._fixed[1], strict=True):
+                p[index] = kept
 
     @torch.no_grad()
     def query(self, x: Tensor, batch: Batch | None = None) -> Tensor:

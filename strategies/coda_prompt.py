@@ -83,12 +83,11 @@ class CODAPrompt(PromptModule):
                     flat = param[layer].flatten(1)  # [M, features]
                     fresh = torch.randn(end - start, flat.shape[1], generator=generator, dtype=torch.float64)
                     flat[start:end] = self._orthonormal(flat[:start].double().cpu(), fresh).to(flat)  # QR on the CPU
-        self._freeze_earlier()
 
-    def _freeze_earlier(self) -> None:
-        """Remembers the earlier tasks' components, to restore them after each optimizer step."""
+    @override
+    def fixed_parts(self) -> list[tuple[nn.Parameter, tuple[slice, ...]]]:
         start, _ = self.task_slice(self.current_task)
-        self._frozen = (self.current_task, [p[:, :start].detach().clone() for p in self._params()])
+        return [(p, (slice(None), slice(0, start))) for p in self._params()]
 
     def _params(self) -> tuple[nn.Parameter, ...]:
         return self.prompts, self.keys, self.attention
@@ -128,16 +127,3 @@ class CODAPrompt(PromptModule):
         prefixes, penalty = self.prefixes(self.query(x, batch))
         out = run_blocks(self.backbone, vit_tokens(self.backbone, x), prefixes)
         return out[:, 0], penalty
-
-    @override
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if getattr(self, "_frozen", (None,))[0] != self.current_task:  # e.g. resumed mid-task
-            self._freeze_earlier()
-
-    @override
-    def after_optimizer_step(self) -> None:
-        # the earlier components are fixed: undo what the optimizer (weight decay, momentum) did to them, right after
-        # the step, so that every evaluation, task end and checkpoint of this step sees them unchanged
-        with torch.no_grad():
-            for p, frozen in zip(self._params(), self._frozen[1], strict=True):
-                p[:, : frozen.shape[1]] = frozen

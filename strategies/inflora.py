@@ -144,7 +144,6 @@ class InfLoRA(PromptModule):
         if not 0 < threshold <= threshold_end <= 1:
             raise ValueError(f"need 0 < threshold <= threshold_end <= 1, got {threshold=} and {threshold_end=}")
         self.rank, self.threshold, self.threshold_end = rank, threshold, threshold_end
-        self._kept: tuple[int, Tensor] | None = None
 
     @override
     def build_for_stream(self) -> None:
@@ -219,14 +218,6 @@ class InfLoRA(PromptModule):
             self.gpm_size[layer], self.gpm_retain[layer] = basis.shape[1], retain
 
     @override
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._kept is None or self._kept[0] != self.current_task:  # a new task, or resumed mid-task
-            self._kept = (self.current_task, self.lora_b.detach().clone())
-
-    @override
-    def after_optimizer_step(self) -> None:
-        # only the current task's B trains: undo what the optimizer (weight decay, momentum) did to the other slices
-        t, kept = self._kept
-        with torch.no_grad():
-            self.lora_b[:t] = kept[:t]
-            self.lora_b[t + 1 :] = kept[t + 1 :]
+    def fixed_parts(self) -> list[tuple[nn.Parameter, tuple[slice, ...]]]:
+        t = self.current_task  # only the current task's B trains
+        return [(self.lora_b, (slice(0, t),)), (self.lora_b, (slice(t + 1, None),))]
